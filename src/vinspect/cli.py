@@ -333,7 +333,10 @@ def main(argv: list[str] | None = None) -> int:
         warnings.filterwarnings("ignore", module="sklearn")
     ap = build_parser()
     try:
-        args = _apply_config(ap, argv)
+        try:
+            args = _apply_config(ap, argv)
+        except SystemExit as e:  # argparse: usage error (2) or --help/--version (0), already printed
+            return int(e.code or 0)
         if getattr(args, "quiet", False):
             os.environ["TQDM_DISABLE"] = "1"
         return int(args.func(args) or 0)

