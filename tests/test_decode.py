@@ -29,6 +29,17 @@ def test_grey_rgba_palette_16bit_cmyk_become_rgb(tmp_path):
     assert (np.asarray(open_image(tmp_path / "p.bmp")) == 3).all()
 
 
+def test_jpeg_with_corrupt_data_is_refused(tmp_path):
+    img = Image.fromarray(np.random.default_rng(1).integers(0, 255, (96, 96, 3), dtype=np.uint8))
+    img.save(tmp_path / "ok.jpg", quality=90)
+    data = (tmp_path / "ok.jpg").read_bytes()
+    third = len(data) // 3
+    (tmp_path / "zeroed.jpg").write_bytes(data[:third] + bytes(500) + data[third + 500:])
+    assert open_image(tmp_path / "ok.jpg").size == (96, 96)
+    with pytest.raises(ImageDecodeError, match="corrupt"):
+        open_image(tmp_path / "zeroed.jpg")
+
+
 @pytest.mark.parametrize("content,reason", [(b"", "empty"), (b"hello, not an image", "not a recognised image")])
 def test_undecodable_files_name_the_reason(tmp_path, content, reason):
     p = tmp_path / "x.png"

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import torch
-
 POOLS = ("avg", "max", "avgmax")
 
 
-def pool(x: torch.Tensor, how: str = "avg") -> torch.Tensor:
+def pool(x, how: str = "avg"):
     """(N, C, H, W) -> (N, C) or (N, 2C) for ``avgmax``; (N, T, C) token maps pool over tokens; (N, C) passes."""
     if how not in POOLS:
         raise ValueError(f"unknown pooling {how!r} (use {', '.join(POOLS)})")
+    import torch
+
     if x.ndim == 2:
         return x
     dims = (2, 3) if x.ndim == 4 else (1,)
