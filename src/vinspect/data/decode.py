@@ -54,7 +54,7 @@ def _to_rgb(img: Image.Image) -> Image.Image:
 _JPEG_CORRUPT = ("corrupt jpeg data", "premature end", "bogus", "invalid", "truncated", "extraneous")
 
 
-def _decode_jpeg_strict(data: bytes, name: str) -> Image.Image | None:
+def _decode_jpeg_strict(data: bytes, name: str, min_size: int | None = None) -> Image.Image | None:
     """libjpeg-turbo in strict mode (simplejpeg): 3x faster than PIL, and it refuses the corrupt data that
     PIL decodes silently into grey blocks.  None when it cannot handle the file (e.g. CMYK): PIL then decodes."""
     try:
@@ -62,15 +62,20 @@ def _decode_jpeg_strict(data: bytes, name: str) -> Image.Image | None:
     except ImportError:  # optional speed-up
         return None
     try:
-        return Image.fromarray(simplejpeg.decode_jpeg(data, colorspace="RGB", strict=True), "RGB")
+        kw = {"min_height": min_size, "min_width": min_size} if min_size else {}
+        return Image.fromarray(simplejpeg.decode_jpeg(data, colorspace="RGB", strict=True, **kw), "RGB")
     except ValueError as e:
         if any(w in str(e).lower() for w in _JPEG_CORRUPT):
             raise ImageDecodeError(name, f"corrupt JPEG data ({e})") from None
         return None
 
 
-def open_image(source: str | Path | bytes) -> Image.Image:
-    """Open and fully decode an image (path or bytes) as an RGB PIL image."""
+def open_image(source: str | Path | bytes, min_size: int | None = None) -> Image.Image:
+    """Open and fully decode an image (path or bytes) as an RGB PIL image.
+
+    ``min_size``: a JPEG may be decoded at a reduced scale (libjpeg's DCT scaling, 1/2, 1/4, 1/8) as long as
+    both sides stay at least this large: large camera frames decode several times faster.
+    """
     name = "<bytes>" if isinstance(source, (bytes, bytearray)) else str(source)
     try:
         if isinstance(source, (bytes, bytearray)):
@@ -80,7 +85,7 @@ def open_image(source: str | Path | bytes) -> Image.Image:
         if len(data) == 0:
             raise ImageDecodeError(name, "empty file (0 bytes)")
         if data[:3] == b"\xff\xd8\xff":
-            img = _decode_jpeg_strict(data, name)
+            img = _decode_jpeg_strict(data, name, min_size)
             if img is not None:
                 return img
         fp = io.BytesIO(data)
@@ -133,4 +138,4 @@ def resize(img: Image.Image, size: int, interpolation: str = "bicubic", mode: st
 
 def load_rgb(source, size: int, interpolation: str = "bicubic", mode: str = "squash") -> np.ndarray:
     """Decode ``source`` and resize it: an ``(size, size, 3)`` uint8 array."""
-    return np.array(resize(open_image(source), size, interpolation, mode), dtype=np.uint8)  # writable
+    return np.array(resize(open_image(source, min_size=size), size, interpolation, mode), dtype=np.uint8)

@@ -17,8 +17,12 @@ from ..backbones.registry import DEFAULT_BACKBONE, get_spec
 from ..data.dataset import Dataset, Skipped, file_sha256
 from ..data.decode import load_rgb
 from ..errors import BadInputError, ImageDecodeError
-from .cache import FeatureCache, default_cache_dir
+from .cache import FeatureCache, cache_key, default_cache_dir
 from .pooling import POOLS
+
+
+ENGINES = ("torch", "onnx")
+QUANTIZE = (None, "int8")
 
 
 def _default_workers() -> int:
@@ -34,7 +38,8 @@ class Extractor:
     def __init__(self, backbone: str = DEFAULT_BACKBONE, layer: str | None = None, pool: str = "avg",
                  image_size: int | None = None, resize: str = "squash", weights: str | Path | None = None,
                  random_init: bool = False, batch_size: int = 32, workers: int | None = None,
-                 device: str | None = None):
+                 device: str | None = None, engine: str = "torch", quantize: str | None = None,
+                 onnx_dir: str | Path | None = None, calibration=None, onnx_file: str | Path | None = None):
         self.spec = get_spec(backbone)
         self.backbone = backbone
         self.layer = layer or self.spec.default_layer
@@ -49,6 +54,17 @@ class Extractor:
             raise BadInputError(f"--image-size {image_size}: must be between 16 and 2048")
         if batch_size < 1:
             raise BadInputError(f"--batch-size {batch_size}: must be at least 1")
+        if engine not in ENGINES:
+            raise BadInputError(f"--engine {engine!r}: use one of {', '.join(ENGINES)}")
+        if quantize not in QUANTIZE:
+            raise BadInputError(f"--quantize {quantize!r}: use int8")
+        if quantize and engine != "onnx":
+            raise BadInputError("--quantize int8 needs --engine onnx")
+        self.engine_name = engine
+        self.quantize = quantize
+        self.onnx_dir = Path(onnx_dir) if onnx_dir else None
+        self.calibration = calibration  # callable -> uint8 images, used once to quantise
+        self.onnx_file = Path(onnx_file) if onnx_file else None  # a ready exported model (e.g. in a bundle)
         self.pool = pool
         self.preprocessing = replace(self.spec.preprocessing,
                                      input_size=int(image_size or self.spec.preprocessing.input_size), resize=resize)
@@ -86,19 +102,43 @@ class Extractor:
             self._loaded = create_backbone(self.backbone, self.weights, self.random_init)
         return self._loaded
 
+    def torch_net(self):
+        """The torch module uint8 NHWC -> features (normalisation, backbone cut at the layer, pooling)."""
+        from .torch_engine import FeatureNet
+
+        return FeatureNet(self._build(), self.layer, self.pool, self.preprocessing).eval()
+
+    @property
+    def onnx_path(self) -> Path:
+        if self.onnx_file is not None:
+            return self.onnx_file
+        d = self.onnx_dir or (default_cache_dir() / "onnx")
+        return d / f"{cache_key(self.meta)}.onnx"
+
     @property
     def engine(self):
         if self._engine is None:
-            from .torch_engine import TorchEngine
+            if self.engine_name == "onnx":
+                from .onnx_engine import OnnxEngine
 
-            self._engine = TorchEngine(self._build(), self.layer, self.pool, self.preprocessing, self.device)
+                self._engine = OnnxEngine(self.onnx_path, self.torch_net, self.preprocessing.input_size,
+                                          quantize=self.quantize, calibration=self.calibration)
+            else:
+                from .torch_engine import TorchEngine
+
+                self._engine = TorchEngine(self._build(), self.layer, self.pool, self.preprocessing, self.device)
         return self._engine
 
     @property
     def meta(self) -> dict:
-        return {"backbone": self.backbone, "arch": self.spec.arch, "layer": self.layer, "pool": self.pool,
-                "preprocessing": self.preprocessing.as_dict(), "weights_sha256": self.weights_sha256,
-                "random_init": bool(self.random_init)}
+        """The settings that determine the features (the cache key).  torch and fp32 onnx engines agree to
+        1e-5 and share a cache; int8 features differ and get their own."""
+        m = {"backbone": self.backbone, "arch": self.spec.arch, "layer": self.layer, "pool": self.pool,
+             "preprocessing": self.preprocessing.as_dict(), "weights_sha256": self.weights_sha256,
+             "random_init": bool(self.random_init)}
+        if self.quantize:
+            m["quantize"] = self.quantize
+        return m
 
     def decode(self, source) -> np.ndarray:
         p = self.preprocessing
@@ -125,6 +165,18 @@ class FeatureSet:
     @property
     def feature_dim(self) -> int:
         return int(self.stats.get("feature_dim", 0))
+
+
+def calibration_images(extractor: Extractor, paths, n: int = 64) -> np.ndarray:
+    """Up to ``n`` decodable images spread over ``paths`` (for int8 calibration)."""
+    step = max(1, len(paths) // n)
+    out = []
+    for p in list(paths)[::step][:n]:
+        try:
+            out.append(extractor.decode(p))
+        except ImageDecodeError:
+            continue
+    return np.stack(out) if out else np.zeros((0,), np.uint8)
 
 
 def _hash_all(paths, root, progress) -> tuple[list[str | None], list[Skipped]]:
@@ -168,6 +220,8 @@ def extract(dataset: Dataset, extractor: Extractor | None = None, cache_dir: str
                 todo[k] = i
         n_hits = sum(1 for i, k in enumerate(keys) if k is not None and k not in todo)
         if todo:
+            if extractor.quantize and extractor.calibration is None:
+                extractor.calibration = lambda: calibration_images(extractor, dataset.paths)
             _ = extractor.engine  # build the model outside the timed part
         t0 = time.perf_counter()
         failed = _compute(extractor, dataset, todo, cache, progress) if todo else {}

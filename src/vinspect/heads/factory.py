@@ -15,7 +15,7 @@ HEADS = {
     "logreg": "logistic regression (L2, C=1)",
     "svm-linear": "support vector machine, linear kernel (sigmoid-calibrated probabilities, 3-fold)",
     "svm-rbf": "support vector machine, RBF kernel, C=10 (sigmoid-calibrated probabilities, 3-fold)",
-    "knn": "k nearest neighbours (k=5, distance-weighted)",
+    "knn": "k nearest neighbours (k=5, uniform votes)",
 }
 
 # training images each class needs for the head to fit (the SVMs calibrate their probabilities by 3-fold CV)
@@ -40,5 +40,5 @@ def make_head(name: str = "logreg", class_weight: str | None = None, seed: int =
     else:
         if cw:
             raise BadInputError("--class-weight balanced is not available for the knn head")
-        est = KNeighborsClassifier(n_neighbors=5, weights="distance")
+        est = KNeighborsClassifier(n_neighbors=5)  # uniform votes: exports exactly to ONNX
     return Pipeline([("scale", StandardScaler()), ("clf", est)])

@@ -1,0 +1,182 @@
+"""Inference speed, measured honestly: the naive loop of the course notebooks against the torch and onnx
+engines, on the same images, in one run (median of repetitions after a warm-up).
+
+The naive loop handles one image at a time: open with PIL, resize, normalise, one forward pass of batch 1.
+The engines stream: decoding in worker threads one batch ahead of the network, batched inference.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import resource
+import time
+from pathlib import Path
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from .data.dataset import collect_images
+from .errors import BadInputError
+from .features.extract import Extractor, stream_features
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def _naive(extractor: Extractor, paths, progress) -> dict:
+    """One image at a time, as in the course notebooks: PIL open -> resize -> tensor -> model(batch of 1)."""
+    import torch
+    from PIL import Image
+
+    from .features.pooling import pool
+
+    pre = extractor.preprocessing
+    net = extractor.torch_net()
+    mean = np.array(pre.mean, np.float32) * 255
+    std = np.array(pre.std, np.float32) * 255
+    resample = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR}.get(
+        pre.interpolation, Image.Resampling.BICUBIC)
+    t_dec = t_model = 0.0
+    for p in tqdm(paths, desc="naive loop", unit="img", disable=not progress, leave=False):
+        t0 = time.perf_counter()
+        img = Image.open(p).convert("RGB").resize((pre.input_size, pre.input_size), resample)
+        x = torch.from_numpy(((np.asarray(img, np.float32) - mean) / std).transpose(2, 0, 1).copy())[None]
+        t1 = time.perf_counter()
+        with torch.no_grad():
+            pool(net.body(x), net.pooling)
+        t2 = time.perf_counter()
+        t_dec += t1 - t0
+        t_model += t2 - t1
+    n = len(paths)
+    return {"images_per_second": n / (t_dec + t_model), "decode_ms_per_image": 1000 * t_dec / n,
+            "model_ms_per_image": 1000 * t_model / n}
+
+
+def _engine_run(extractor: Extractor, paths, progress, desc) -> float:
+    t = time.perf_counter()
+    n = 0
+    for ok, feats, _ in stream_features(extractor, paths, progress, desc=desc):
+        n += len(ok)
+    return n / (time.perf_counter() - t)
+
+
+def _breakdown(extractor: Extractor, paths) -> dict:
+    """Decode time (one thread) and model time (pre-decoded batches) per image, on up to 128 images."""
+    sub = paths[:128]
+    t = time.perf_counter()
+    imgs = np.stack([extractor.decode(p) for p in sub])
+    dec = (time.perf_counter() - t) / len(sub)
+    bs = extractor.batch_size
+    t = time.perf_counter()
+    for i in range(0, len(imgs), bs):
+        extractor.features(imgs[i:i + bs])
+    model = (time.perf_counter() - t) / len(sub)
+    return {"decode_ms_per_image": 1000 * dec, "model_ms_per_image": 1000 * model}
+
+
+def _latency(extractor: Extractor, paths, head=None, n: int = 60) -> dict:
+    """Single-image prediction through the Python API: decode + features (+ head) for one file at a time."""
+    times = []
+    for p in (paths * (n // max(1, len(paths)) + 1))[:n + 5]:
+        t = time.perf_counter()
+        f = extractor.features(extractor.decode(p)[None])
+        if head is not None:
+            head.predict_proba(f)
+        times.append(1000 * (time.perf_counter() - t))
+    times = np.array(times[5:])  # the first calls warm up caches
+    return {"latency_ms_p50": float(np.percentile(times, 50)), "latency_ms_p90": float(np.percentile(times, 90)),
+            "latency_ms_p99": float(np.percentile(times, 99))}
+
+
+def run_benchmark(data, backbone: str = "efficientnet_lite0", layer: str | None = None, n: int | None = None,
+                  repeats: int = 3, naive_n: int = 200, batch_size: int = 32, engines=("torch", "onnx"),
+                  quantize: bool = False, onnx_dir=None, progress: bool = True) -> dict:
+    paths, _ = collect_images([data])
+    if not paths:
+        raise BadInputError(f"{data}: no image files")
+    if n:
+        paths = (paths * (n // len(paths) + 1))[:n]
+    # spread over the classes rather than the first folder only
+    naive_paths = paths[:: max(1, len(paths) // naive_n)][:naive_n]
+    report: dict = {"data": str(Path(data).resolve()), "n_images": len(paths), "backbone": backbone,
+                    "repeats": repeats, "batch_size": batch_size, "cpu_model": cpu_model(),
+                    "cores": os.cpu_count(), "machine": platform.machine(), "engines": {}}
+    exs = {e: Extractor(backbone, layer, batch_size=batch_size, engine=e, onnx_dir=onnx_dir) for e in engines}
+    if quantize and "onnx" in engines:
+        ex8 = Extractor(backbone, layer, batch_size=batch_size, engine="onnx", quantize="int8", onnx_dir=onnx_dir)
+        from .features.extract import calibration_images
+
+        ex8.calibration = lambda: calibration_images(ex8, paths)
+        exs["onnx-int8"] = ex8
+    first = next(iter(exs.values()))
+    report["layer"] = first.layer
+    report["image_size"] = first.preprocessing.input_size
+    for name, ex in exs.items():  # build / export before any timing, then warm up
+        _ = ex.engine
+        ex.features(np.stack([ex.decode(p) for p in paths[:batch_size]]))
+    rates = [_naive(first, naive_paths, progress) for _ in range(repeats)]
+    med = sorted(rates, key=lambda r: r["images_per_second"])[len(rates) // 2]
+    report["naive_images_per_second"] = med["images_per_second"]
+    report["naive"] = {**med, "n_images": len(naive_paths), "runs": [r["images_per_second"] for r in rates]}
+    for name, ex in exs.items():
+        runs = [_engine_run(ex, paths, progress, f"{name} engine") for _ in range(repeats)]
+        rate = float(np.median(runs))
+        report["engines"][name] = {"images_per_second": rate, "runs": runs,
+                                   "speedup_vs_naive": rate / report["naive_images_per_second"],
+                                   **_breakdown(ex, paths), **_latency(ex, paths)}
+    report["peak_rss_mb"] = peak_rss_mb()
+    return report
+
+
+def run_scaling(data, backbone: str = "efficientnet_lite0", count: int = 20000, window: int = 2000,
+                engine: str = "onnx", batch_size: int = 32, onnx_dir=None, progress: bool = True) -> dict:
+    """Stream ``count`` images (the folder read repeatedly) and record the rate and memory per window."""
+    paths, _ = collect_images([data])
+    if not paths:
+        raise BadInputError(f"{data}: no image files")
+    paths = (paths * (count // len(paths) + 1))[:count]
+    ex = Extractor(backbone, batch_size=batch_size, engine=engine, onnx_dir=onnx_dir)
+    _ = ex.engine
+    windows = []
+    t0 = t = time.perf_counter()
+    done = last = 0
+    for ok, feats, _ in stream_features(ex, paths, progress, desc=f"{engine} x{count}"):
+        done += len(ok)
+        if done - last >= window or done == len(paths):
+            now = time.perf_counter()
+            windows.append({"images": done, "images_per_second": (done - last) / (now - t),
+                            "rss_peak_mb": peak_rss_mb()})
+            t, last = now, done
+    rates = [w["images_per_second"] for w in windows]
+    return {"count": done, "engine": engine, "seconds": time.perf_counter() - t0, "windows": windows,
+            "first_window_rate": rates[0], "last_window_rate": rates[-1], "peak_rss_mb": peak_rss_mb(),
+            "cpu_model": cpu_model(), "cores": os.cpu_count()}
+
+
+def benchmark_table(r: dict) -> str:
+    lines = [f"{r['n_images']} images from {r['data']}, {r['backbone']}/{r['layer']} at {r['image_size']} px, "
+             f"{r['cpu_model']} ({r['cores']} cores); median of {r['repeats']} runs",
+             f"{'':<14}{'images/s':>10}{'x naive':>9}{'decode ms':>11}{'model ms':>10}{'p50 ms':>9}{'p90 ms':>9}"]
+    nv = r["naive"]
+    lines.append(f"{'naive loop':<14}{nv['images_per_second']:>10.1f}{1.0:>9.1f}{nv['decode_ms_per_image']:>11.2f}"
+                 f"{nv['model_ms_per_image']:>10.2f}{'':>9}{'':>9}")
+    for name, e in r["engines"].items():
+        lines.append(f"{name + ' engine':<14}{e['images_per_second']:>10.1f}{e['speedup_vs_naive']:>9.1f}"
+                     f"{e['decode_ms_per_image']:>11.2f}{e['model_ms_per_image']:>10.2f}"
+                     f"{e['latency_ms_p50']:>9.1f}{e['latency_ms_p90']:>9.1f}")
+    lines.append(f"peak RSS {r['peak_rss_mb']:.0f} MB; decode ms: one thread; model ms: batches of "
+                 f"{r['batch_size']}; p50/p90: one image through the Python API (decode + features)")
+    return "\n".join(lines)
