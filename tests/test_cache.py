@@ -51,7 +51,7 @@ def test_settings_get_their_own_cache_file(generated, tmp_path):
     c = extract(ds, _ex(layer="blocks.4"), cache_dir=tmp_path)
     assert len({a.stats["cache_path"], b.stats["cache_path"], c.stats["cache_path"]}) == 3
     assert b.stats["n_computed"] == c.stats["n_computed"] == 24
-    assert a.features.shape[1] == 1280 and c.features.shape[1] == 112
+    assert a.features.shape[1] == 320 and c.features.shape[1] == 112
 
 
 def test_interrupted_extraction_keeps_its_batches_and_resumes(generated, tmp_path, monkeypatch):
@@ -80,8 +80,8 @@ def test_features_h5_is_self_describing(generated, tmp_path):
     fs = extract(ds, _ex(), cache_dir=tmp_path / "c", out=tmp_path / "o" / "features.h5", keep=False)
     assert fs.features is None
     with h5py.File(tmp_path / "o" / "features.h5") as f:
-        assert f["features"].shape == (24, 1280)
-        assert f.attrs["backbone"] == "efficientnet_lite0" and f.attrs["layer"] == "bn2"
+        assert f["features"].shape == (24, 320)
+        assert f.attrs["backbone"] == "efficientnet_lite0" and f.attrs["layer"] == "blocks.6"
         assert len(f.attrs["weights_sha256"]) == 64 and f.attrs["pool"] == "avg"
     back = read_features_h5(tmp_path / "o" / "features.h5")
     assert back.classes == ["spots", "stripes"] and len(back.hashes[0]) == 64

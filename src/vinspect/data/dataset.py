@@ -58,6 +58,15 @@ def _rel(p: Path, root: Path) -> str:
         return p.as_posix()
 
 
+def _walk(folder: Path, onerror=None):
+    """Files below ``folder`` in sorted order, hidden files and folders left out."""
+    for dirpath, dirnames, filenames in os.walk(folder, onerror=onerror):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for fn in sorted(filenames):
+            if not fn.startswith("."):
+                yield Path(dirpath) / fn
+
+
 def parse_class_map(specs: list[str] | dict | None) -> dict[str, str] | None:
     """``["intact=low,medium", "damaged=high"]`` (or a dict) -> ``{folder: new_name}``.
 
@@ -127,17 +136,12 @@ def scan_folder(root: str | Path, classes: list[str] | dict | None = None, min_c
     for folder in folders:
         name = mapping[folder.name] if mapping is not None else folder.name
         files = per_class.setdefault(name, [])
-        for dirpath, dirnames, filenames in os.walk(folder, onerror=lambda e: skipped.append(
+        for p in _walk(folder, onerror=lambda e: skipped.append(
                 Skipped(_rel(Path(e.filename), root), f"unreadable folder ({e.strerror}), skipped"))):
-            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-            for fn in sorted(filenames):
-                p = Path(dirpath) / fn
-                if fn.startswith("."):
-                    continue
-                if p.suffix.lower() in IMAGE_EXTENSIONS:
-                    files.append(p)
-                else:
-                    skipped.append(Skipped(_rel(p, root), f"not an image file (extension {p.suffix or 'none'!s}), skipped"))
+            if p.suffix.lower() in IMAGE_EXTENSIONS:
+                files.append(p)
+            else:
+                skipped.append(Skipped(_rel(p, root), f"not an image file (extension {p.suffix or 'none'}), skipped"))
     empty = [c for c, fs in per_class.items() if not fs]
     if empty:
         raise BadInputError(f"{root}: class folder(s) without images: {', '.join(empty)} "
@@ -161,16 +165,11 @@ def collect_images(inputs: list[str | Path]) -> tuple[list[Path], list[Skipped]]
     for item in inputs:
         p = Path(item).expanduser()
         if p.is_dir():
-            for dirpath, dirnames, filenames in os.walk(p):
-                dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-                for fn in sorted(filenames):
-                    f = Path(dirpath) / fn
-                    if fn.startswith("."):
-                        continue
-                    if f.suffix.lower() in IMAGE_EXTENSIONS:
-                        out.append(f)
-                    else:
-                        skipped.append(Skipped(str(f), f"not an image file (extension {f.suffix or 'none'})"))
+            for f in _walk(p):
+                if f.suffix.lower() in IMAGE_EXTENSIONS:
+                    out.append(f)
+                else:
+                    skipped.append(Skipped(str(f), f"not an image file (extension {f.suffix or 'none'})"))
         elif p.is_file():
             out.append(p)
         else:
