@@ -28,6 +28,7 @@ demo: setup
 	fi
 
 test: setup
+	bash scripts/ci-system-deps.sh
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q
 
 bench: setup

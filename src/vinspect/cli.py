@@ -39,6 +39,9 @@ def _add_extraction(p: argparse.ArgumentParser, data: bool = True) -> None:
                    help="squash to a square, or keep the aspect ratio and pad (default: %(default)s)")
     g.add_argument("--weights", metavar="PATH", help="local .pth/.safetensors weights (for any timm architecture)")
     g.add_argument("--random-init", action="store_true", help="allow an untrained network (no weights)")
+    g.add_argument("--engine", default="torch", choices=["torch", "onnx"],
+                   help="torch, or onnxruntime (exported once, cached; faster on a CPU) (default: %(default)s)")
+    g.add_argument("--quantize", choices=["int8"], help="int8 quantisation of the ONNX backbone (--engine onnx)")
     g.add_argument("--batch-size", type=int, default=32, help="images per forward pass (default: %(default)s)")
     g.add_argument("--workers", type=int, help="decoding threads (default: the number of cores, at most 4)")
     g.add_argument("--cache", metavar="DIR", help="feature cache folder (default: $VINSPECT_CACHE or ~/.cache/vinspect)")
@@ -110,7 +113,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--csv", metavar="FILE", help="also write the predictions as CSV")
     p.add_argument("--weights", metavar="PATH", help="backbone weights, if not where the model recorded them")
     p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--engine", default="torch", choices=["torch", "onnx"], help="default: %(default)s")
     p.set_defaults(func=cmd_predict)
+
+    p = cmd("export", "write a model bundle as one ONNX file (backbone + head) for any onnxruntime user")
+    p.add_argument("model", nargs="?", metavar="MODEL_DIR")
+    p.add_argument("--format", default="onnx", choices=["onnx"])
+    p.add_argument("--out", metavar="FILE", help="default: MODEL_DIR/model.onnx")
+    p.set_defaults(func=cmd_export)
+
+    p = cmd("benchmark", "time the naive loop, the torch engine and the onnx engine on the same images")
+    p.add_argument("data", nargs="?", metavar="DATA", help="folder of images (searched recursively)")
+    p.add_argument("--backbone", default="efficientnet_lite0")
+    p.add_argument("--layer")
+    p.add_argument("--n", type=int, help="number of images (the folder is cycled to reach it; default: all)")
+    p.add_argument("--repeats", type=int, default=3, help="timed runs per engine, median reported (default: 3)")
+    p.add_argument("--naive-n", type=int, default=200, help="images for the (slow) naive loop (default: 200)")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--quantize", choices=["int8"], help="also time the int8-quantised onnx engine")
+    p.add_argument("--scaling", type=int, metavar="COUNT",
+                   help="instead: stream COUNT images with the onnx engine, recording rate and memory per 2000")
+    p.add_argument("--cache", metavar="DIR", help="where the exported ONNX models are kept")
+    p.add_argument("--out", metavar="DIR", help="output folder (default: runs/benchmark-<data>)")
+    p.set_defaults(func=cmd_benchmark)
 
     p = cmd("compare", "evaluate several backbones: accuracy against speed, feature size and cache size")
     p.add_argument("data", nargs="?", metavar="DATA")
@@ -120,6 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pool", default="avg", choices=["avg", "max", "avgmax"])
     p.add_argument("--resize", default="squash", choices=["squash", "letterbox"])
     p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--engine", default="torch", choices=["torch", "onnx"], help="default: %(default)s")
     p.add_argument("--cache", metavar="DIR")
     p.add_argument("--no-cache", action="store_true")
     _add_head(p)
@@ -127,6 +153,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--test-size", type=float, default=0.3)
     p.add_argument("--out", metavar="DIR", help="output folder (default: runs/compare-<data>)")
     p.set_defaults(func=cmd_compare)
+
+    from .serving.cli import add_parsers as add_serving
+
+    add_serving(sub, _Parser)
     return ap
 
 
@@ -178,7 +208,8 @@ def _extractor(args):
     from .features.extract import Extractor
 
     return Extractor(args.backbone, args.layer, args.pool, args.image_size, args.resize, args.weights,
-                     args.random_init, args.batch_size, args.workers)
+                     args.random_init, args.batch_size, args.workers, engine=args.engine, quantize=args.quantize,
+                     onnx_dir=Path(args.cache) / "onnx" if args.cache else None)
 
 
 def _report_skipped(skipped, limit: int = 20) -> None:
@@ -289,7 +320,7 @@ def cmd_predict(args) -> int:
 
     _need(args, "model", "paths")
     rows, skipped = predict(args.model, args.paths, progress=not args.quiet, weights=args.weights,
-                            batch_size=args.batch_size)
+                            batch_size=args.batch_size, engine=args.engine)
     _report_skipped(skipped)
     if args.csv:
         classes = list(rows[0]["probabilities"]) if rows else []
@@ -308,6 +339,41 @@ def cmd_predict(args) -> int:
     return 0 if rows else 2
 
 
+def cmd_export(args) -> int:
+    from .heads.onnx_export import export_onnx
+
+    _need(args, "model")
+    path = export_onnx(args.model, args.out)
+    print(f"{path} ({path.stat().st_size / 1e6:.1f} MB): input 'images' uint8 (N, H, W, 3); outputs 'label', "
+          "'probabilities'; classes and preprocessing in the model's metadata")
+    return 0
+
+
+def cmd_benchmark(args) -> int:
+    from .benchmark import benchmark_table, run_benchmark, run_scaling
+
+    _need(args, "data")
+    out = Path(args.out) if args.out else _default_out("benchmark", args.data)
+    onnx_dir = Path(args.cache) / "onnx" if args.cache else None
+    out.mkdir(parents=True, exist_ok=True)
+    if args.scaling:
+        r = run_scaling(args.data, args.backbone, args.scaling, batch_size=args.batch_size, onnx_dir=onnx_dir,
+                        progress=not args.quiet)
+        (out / "scaling.json").write_text(json.dumps(r, indent=2) + "\n")
+        for w in r["windows"]:
+            print(f"{w['images']:>7} images  {w['images_per_second']:7.1f} images/s  peak RSS {w['rss_peak_mb']:.0f} MB")
+        print(f"results: {out / 'scaling.json'}")
+        return 0
+    r = run_benchmark(args.data, args.backbone, args.layer, args.n, args.repeats, args.naive_n, args.batch_size,
+                      quantize=bool(args.quantize), onnx_dir=onnx_dir, progress=not args.quiet)
+    (out / "benchmark.json").write_text(json.dumps(r, indent=2) + "\n")
+    table = benchmark_table(r)
+    (out / "benchmark.txt").write_text(table + "\n")
+    print(table)
+    print(f"results: {out / 'benchmark.json'}  {out / 'benchmark.txt'}")
+    return 0
+
+
 def cmd_compare(args) -> int:
     from .pipeline import compare, comparison_table
 
@@ -317,7 +383,8 @@ def cmd_compare(args) -> int:
     if not backbones:
         raise BadInputError("--backbones: give at least one backbone")
     summary = compare(args.data, backbones, out, progress=not args.quiet, pool=args.pool, resize=args.resize,
-                      batch_size=args.batch_size, head=args.head, class_weight=args.class_weight,
+                      batch_size=args.batch_size, engine=args.engine,
+                      onnx_dir=Path(args.cache) / "onnx" if args.cache else None, head=args.head, class_weight=args.class_weight,
                       splits=args.splits, test_size=args.test_size, seed=args.seed, classes=args.classes,
                       cache_dir=args.cache, use_cache=not args.no_cache)
     print(comparison_table(summary["rows"]))

@@ -17,7 +17,7 @@ from .data.dataset import Dataset, Skipped, collect_images, scan_folder
 from .data.splits import check_class_sizes
 from .errors import BadInputError
 from .evaluation.protocol import evaluate_features
-from .features.extract import Extractor, FeatureSet, extract, stream_features
+from .features.extract import Extractor, FeatureSet, calibration_images, extract, stream_features
 from .heads.bundle import ModelBundle, load_bundle, save_bundle, versions
 from .heads.factory import MIN_TRAIN_PER_CLASS, make_head
 from .reporting.plots import comparison_png, confusion_matrix_png
@@ -133,11 +133,22 @@ def train(data, out, extractor: Extractor | None = None, head: str = "logreg", c
                     "random_init": bool(extractor.random_init)},
         "head": {"name": head, "class_weight": class_weight, "seed": seed},
         "feature_dim": fs.feature_dim,
+        "engine": extractor.engine_name,
+        "quantize": extractor.quantize,
         "metrics": metrics,
         "training_data": {"root": str(ds.root), "n_images": len(fs.labels),
                           "class_counts": {c: int((fs.labels == i).sum()) for i, c in enumerate(fs.classes)},
                           "skipped": [s.as_dict() for s in fs.skipped]},
     }
+    if extractor.quantize:
+        import shutil
+
+        if extractor.calibration is None:
+            extractor.calibration = lambda: calibration_images(extractor, ds.paths)
+        _ = extractor.engine  # exported and quantised now if every feature came from the cache
+        meta["backbone_onnx"] = "backbone_int8.onnx"
+        Path(out).mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(extractor.onnx_path, Path(out) / meta["backbone_onnx"])
     save_bundle(out, model, meta)
     return meta
 
@@ -147,6 +158,8 @@ def extractor_for(bundle: ModelBundle, weights=None, **kw) -> Extractor:
     m = bundle.meta
     w = m["weights"]
     pre = m["preprocessing"]
+    if m.get("quantize"):  # an int8 bundle carries its quantised backbone: the features depend on it
+        kw.update(engine="onnx", quantize=m["quantize"], onnx_file=bundle.path / m["backbone_onnx"])
     ex = Extractor(m["backbone"], m["layer"], m["pool"], image_size=pre["input_size"], resize=pre["resize"],
                    weights=weights or (w.get("path") if not get_spec(m["backbone"]).weights and w.get("path")
                                        else None),
@@ -159,13 +172,13 @@ def extractor_for(bundle: ModelBundle, weights=None, **kw) -> Extractor:
 
 
 def predict(model_dir, inputs: list, progress: bool = True, weights=None, batch_size: int = 32,
-            bundle: ModelBundle | None = None) -> tuple[list[dict], list[Skipped]]:
+            bundle: ModelBundle | None = None, engine: str = "torch") -> tuple[list[dict], list[Skipped]]:
     """``[{path, label, probabilities: {class: p}}]`` for every decodable image in ``inputs`` (files/folders)."""
     bundle = bundle or load_bundle(model_dir)
     paths, skipped = collect_images(inputs)
     if not paths:
         raise BadInputError("no image files to predict (" + ", ".join(map(str, inputs)) + ")")
-    ex = extractor_for(bundle, weights, batch_size=batch_size)
+    ex = extractor_for(bundle, weights, batch_size=batch_size, engine=engine)
     classes = bundle.classes
     rows: list[dict | None] = [None] * len(paths)
     for ok, feats, failures in stream_features(ex, paths, progress, desc="predict"):
@@ -180,8 +193,8 @@ def predict(model_dir, inputs: list, progress: bool = True, weights=None, batch_
 
 def compare(data, backbones: list[str], out, progress: bool = True, **kw) -> dict:
     """Run :func:`evaluate` per backbone; write ``comparison.json``, ``comparison.txt`` and ``comparison.png``."""
-    ex_kw = {k: kw.pop(k) for k in ("layer", "pool", "image_size", "resize", "batch_size", "workers")
-             if k in kw}
+    ex_kw = {k: kw.pop(k) for k in ("layer", "pool", "image_size", "resize", "batch_size", "workers", "engine",
+                                    "onnx_dir") if k in kw}
     if ex_kw.get("layer") and len(backbones) > 1:
         raise BadInputError("--layer names one backbone's layer; compare uses each backbone's default layer")
     extractors = [Extractor(b, **ex_kw) for b in backbones]  # refuse unknown backbones before any work
