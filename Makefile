@@ -32,7 +32,12 @@ test: setup
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q
 
 bench: setup
-	$(BIN)/python benchmarks/backbones.py
+	$(BIN)/python benchmarks/backbones.py --engine torch
+	$(BIN)/python benchmarks/backbones.py --engine onnx
+	$(BIN)/vinspect benchmark $(DATA) --quantize int8 --out benchmarks/results/inference
+	$(BIN)/vinspect benchmark $(DATA) --scaling 20000 --out benchmarks/results/scaling
+	$(BIN)/python benchmarks/service_load.py --engine onnx
+	$(BIN)/python benchmarks/thermo.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -155,8 +155,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_compare)
 
     from .serving.cli import add_parsers as add_serving
+    from .thermo.cli import add_parser as add_thermo
 
     add_serving(sub, _Parser)
+    add_thermo(sub, _Parser)
     return ap
 
 
