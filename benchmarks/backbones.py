@@ -12,11 +12,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
+
+from vinspect.benchmark import cpu_model
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "datasets"
 TASKS = {
@@ -24,16 +25,6 @@ TASKS = {
     "insert-wear intact/damaged": (SHARED / "insert-wear" / "images", ["intact=low,medium", "damaged=high"]),
 }
 BACKBONES = ["efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2", "mobilenet_v2"]
-
-
-def cpu_model() -> str:
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def main() -> int:

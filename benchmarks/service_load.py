@@ -40,21 +40,13 @@ import zlib
 from datetime import datetime, timezone
 from pathlib import Path
 
+from vinspect.benchmark import cpu_model
+
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "datasets"
 NEU = SHARED / "neu-cls"
 MAX_BYTES = 2_000_000
 MAX_PIXELS = 4_000_000
 TARGET = {"clients": 4, "p50_ms": 30.0, "p99_ms": 100.0}
-
-
-def cpu_model() -> str:
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def free_port() -> int:

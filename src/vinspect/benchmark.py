@@ -169,12 +169,12 @@ def run_scaling(data, backbone: str = "efficientnet_lite0", count: int = 20000, 
 def benchmark_table(r: dict) -> str:
     lines = [f"{r['n_images']} images from {r['data']}, {r['backbone']}/{r['layer']} at {r['image_size']} px, "
              f"{r['cpu_model']} ({r['cores']} cores); median of {r['repeats']} runs",
-             f"{'':<14}{'images/s':>10}{'x naive':>9}{'decode ms':>11}{'model ms':>10}{'p50 ms':>9}{'p90 ms':>9}"]
+             f"{'':<18}{'images/s':>10}{'x naive':>9}{'decode ms':>11}{'model ms':>10}{'p50 ms':>9}{'p90 ms':>9}"]
     nv = r["naive"]
-    lines.append(f"{'naive loop':<14}{nv['images_per_second']:>10.1f}{1.0:>9.1f}{nv['decode_ms_per_image']:>11.2f}"
+    lines.append(f"{'naive loop':<18}{nv['images_per_second']:>10.1f}{1.0:>9.1f}{nv['decode_ms_per_image']:>11.2f}"
                  f"{nv['model_ms_per_image']:>10.2f}{'':>9}{'':>9}")
     for name, e in r["engines"].items():
-        lines.append(f"{name + ' engine':<14}{e['images_per_second']:>10.1f}{e['speedup_vs_naive']:>9.1f}"
+        lines.append(f"{name + ' engine':<18}{e['images_per_second']:>10.1f}{e['speedup_vs_naive']:>9.1f}"
                      f"{e['decode_ms_per_image']:>11.2f}{e['model_ms_per_image']:>10.2f}"
                      f"{e['latency_ms_p50']:>9.1f}{e['latency_ms_p90']:>9.1f}")
     lines.append(f"peak RSS {r['peak_rss_mb']:.0f} MB; decode ms: one thread; model ms: batches of "
