@@ -18,6 +18,19 @@ def _plt():
     return plt
 
 
+def _save(fig, path, hide_ticks=()) -> Path:
+    """Tight layout, write the PNG, free the figure; ``hide_ticks``: image axes without ticks."""
+    import matplotlib.pyplot as plt
+
+    for ax in hide_ticks:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return Path(path)
+
+
 def _tunit(proc) -> str:
     return "s" if proc.prep.time_unit == "s" else "frames"
 
@@ -42,10 +55,7 @@ def _grid(images, titles, path, suptitle, cmap="inferno", symmetric=False, cols=
         ax.set_title(title, fontsize=9)
         fig.colorbar(im, ax=ax, fraction=0.046, pad=0.02).ax.tick_params(labelsize=7)
     fig.suptitle(suptitle, fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return Path(path)
+    return _save(fig, path)
 
 
 def _pick(times, k=6):
@@ -112,13 +122,7 @@ def defect_map(proc, det, defects, marks, path) -> Path:
     axes[1].set_title(f"{len(defects)} defects (id, depth)"
                       + (f", {len(marks)} surface marks (dashed)" if marks else "")
                       + "\non the late frames / the first ones", fontsize=9)
-    for ax in axes:
-        ax.set_xticks([])
-        ax.set_yticks([])
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return Path(path)
+    return _save(fig, path, hide_ticks=axes)
 
 
 def contrast_curves(proc, labels, sigs, defects, marks, path) -> Path:
@@ -160,10 +164,7 @@ def contrast_curves(proc, labels, sigs, defects, marks, path) -> Path:
         axes[0].legend(fontsize=6, ncol=2, title="defect (depth)", title_fontsize=6)
     else:
         axes[0].legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return Path(path)
+    return _save(fig, path)
 
 
 def evaluation_figure(proc, det, gt, res, path) -> Path:
@@ -194,13 +195,7 @@ def evaluation_figure(proc, det, gt, res, path) -> Path:
     axes[1].set_title(f"F1 {res['pixel_f1']:.3f}, found {res['defects_found']}/{res['defects_total']}, depth error "
                       f"{'-' if err is None else f'{100 * err:.1f} %'}\ngreen TP, red missed, yellow FP, blue deeper "
                       "(not scored); est. (true) depth mm", fontsize=9)
-    for ax in axes:
-        ax.set_xticks([])
-        ax.set_yticks([])
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return Path(path)
+    return _save(fig, path, hide_ticks=axes)
 
 
 def methods_overview(proc, path, dpi: int = 80) -> Path:
@@ -227,7 +222,4 @@ def methods_overview(proc, path, dpi: int = 80) -> Path:
         ax.set_title(title, fontsize=9)
         ax.set_xticks([])
         ax.set_yticks([])
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return Path(path)
+    return _save(fig, path)
