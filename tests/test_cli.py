@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from conftest import add_bad_files, need, NEU
+from conftest import add_bad_files
 from vinspect.cli import main
 
 FAST = ["--image-size", "64", "-q"]
