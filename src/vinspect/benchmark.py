@@ -65,12 +65,28 @@ def _naive(extractor: Extractor, paths, progress) -> dict:
             "model_ms_per_image": 1000 * t_model / n}
 
 
-def _engine_run(extractor: Extractor, paths, progress, desc) -> float:
+def _engine_run(extractor: Extractor, paths, progress, desc, keep: list | None = None) -> float:
+    """Images/s of one streamed pass; ``keep`` (a list) receives the features in path order."""
     t = time.perf_counter()
     n = 0
     for ok, feats, _ in stream_features(extractor, paths, progress, desc=desc):
         n += len(ok)
+        if keep is not None:
+            keep.append(feats)
     return n / (time.perf_counter() - t)
+
+
+def parity(reference: np.ndarray, other: np.ndarray, labels=None) -> dict:
+    """How far ``other`` features are from ``reference``: max abs difference relative to the feature scale, and
+    (with labels) whether a logistic-regression head fitted on the reference gives the same labels on both."""
+    out = {"max_abs_diff": float(np.abs(reference - other).max()),
+           "max_abs_diff_relative": float(np.abs(reference - other).max() / np.abs(reference).max())}
+    if labels is not None and len(set(labels)) > 1:
+        from .heads.factory import make_head
+
+        head = make_head("logreg").fit(reference, labels)
+        out["labels_identical_fraction"] = float((head.predict(reference) == head.predict(other)).mean())
+    return out
 
 
 def _breakdown(extractor: Extractor, paths) -> dict:
@@ -131,12 +147,20 @@ def run_benchmark(data, backbone: str = "efficientnet_lite0", layer: str | None 
     med = sorted(rates, key=lambda r: r["images_per_second"])[len(rates) // 2]
     report["naive_images_per_second"] = med["images_per_second"]
     report["naive"] = {**med, "n_images": len(naive_paths), "runs": [r["images_per_second"] for r in rates]}
+    features: dict[str, np.ndarray] = {}
     for name, ex in exs.items():
-        runs = [_engine_run(ex, paths, progress, f"{name} engine") for _ in range(repeats)]
+        kept: list = []
+        runs = [_engine_run(ex, paths, progress, f"{name} engine", kept if i == 0 else None)
+                for i in range(repeats)]
+        features[name] = np.concatenate(kept)
         rate = float(np.median(runs))
         report["engines"][name] = {"images_per_second": rate, "runs": runs,
                                    "speedup_vs_naive": rate / report["naive_images_per_second"],
                                    **_breakdown(ex, paths), **_latency(ex, paths)}
+    if "torch" in features and len({len(f) for f in features.values()}) == 1:
+        labels = [Path(p).parent.name for p in paths]  # the class folders, when DATA has them
+        report["parity_vs_torch"] = {k: parity(features["torch"], f, labels) for k, f in features.items()
+                                     if k != "torch"}
     report["peak_rss_mb"] = peak_rss_mb()
     return report
 
@@ -177,6 +201,10 @@ def benchmark_table(r: dict) -> str:
         lines.append(f"{name + ' engine':<18}{e['images_per_second']:>10.1f}{e['speedup_vs_naive']:>9.1f}"
                      f"{e['decode_ms_per_image']:>11.2f}{e['model_ms_per_image']:>10.2f}"
                      f"{e['latency_ms_p50']:>9.1f}{e['latency_ms_p90']:>9.1f}")
+    for name, pr in r.get("parity_vs_torch", {}).items():
+        same = pr.get("labels_identical_fraction")
+        lines.append(f"{name} vs torch on all {r['n_images']} images: max |diff| {pr['max_abs_diff_relative']:.1e} of the "
+                     f"feature scale" + ("" if same is None else f", identical labels {100 * same:.2f} %"))
     lines.append(f"peak RSS {r['peak_rss_mb']:.0f} MB; decode ms: one thread; model ms: batches of "
                  f"{r['batch_size']}; p50/p90: one image through the Python API (decode + features)")
     return "\n".join(lines)
