@@ -98,3 +98,31 @@ def test_int8_quantisation_is_its_own_cache_and_bundle(capsys, neu_small, tmp_pa
     rows = json.loads(capsys.readouterr().out)
     assert len(rows) == 10 and sum(r["label"] == "scratches" for r in rows) >= 8
     assert main(["evaluate", str(neu_small), "--quantize", "int8", "-q"]) == 2  # int8 needs --engine onnx
+
+
+def test_benchmark_command_writes_every_key(capsys, neu_small, tmp_path):
+    out = tmp_path / "bench"
+    assert main(["benchmark", str(neu_small), "--n", "24", "--repeats", "1", "--naive-n", "4", "-q",
+                 "--cache", str(tmp_path / "c"), "--out", str(out)]) == 0
+    r = json.loads((out / "benchmark.json").read_text())
+    assert r["n_images"] == 24 and r["naive_images_per_second"] > 0 and r["peak_rss_mb"] > 0
+    assert r["cores"] >= 1 and r["cpu_model"]
+    for engine in ("torch", "onnx"):
+        e = r["engines"][engine]
+        assert e["images_per_second"] > 0 and e["latency_ms_p50"] > 0
+    assert r["parity_vs_torch"]["onnx"]["max_abs_diff_relative"] < 1e-4
+    assert "naive loop" in (out / "benchmark.txt").read_text()
+
+
+def test_parity_measures_differences():
+    from vinspect.benchmark import parity
+
+    rng = np.random.default_rng(0)
+    ref = rng.normal(size=(40, 8)).astype(np.float32)
+    labels = ["a" if x > 0 else "b" for x in ref[:, 0]]
+    same = parity(ref, ref.copy(), labels)
+    assert same["max_abs_diff"] == 0 and same["labels_identical_fraction"] == 1.0
+    flipped = ref.copy()
+    flipped[:, 0] *= -1
+    worse = parity(ref, flipped, labels)
+    assert worse["max_abs_diff_relative"] > 0.1 and worse["labels_identical_fraction"] < 0.9
