@@ -72,11 +72,6 @@ class OnnxEngine:
 
         self.session = ort.InferenceSession(str(self.path), session_options(threads),
                                             providers=["CPUExecutionProvider"])
-        self._dim = int(self.session.get_outputs()[0].shape[1])
-
-    @property
-    def feature_dim(self) -> int:
-        return self._dim
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         return self.session.run(None, {"images": np.ascontiguousarray(batch, dtype=np.uint8)})[0]

@@ -76,15 +76,6 @@ class TorchEngine:
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.net = FeatureNet(backbone, layer, pooling, preprocessing).eval().to(self.device)
         self.net = self.net.to(memory_format=torch.channels_last)
-        self._size = preprocessing.input_size
-        self._dim: int | None = None
-
-    @property
-    def feature_dim(self) -> int:
-        if self._dim is None:
-            s = self._size
-            self._dim = int(self(np.zeros((1, s, s, 3), np.uint8)).shape[1])
-        return self._dim
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         with torch.inference_mode():
