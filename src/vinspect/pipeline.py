@@ -58,6 +58,7 @@ def evaluate(data, extractor: Extractor | None = None, head: str = "logreg", cla
     st = fs.stats
     res = {
         "data": str(ds.root),
+        "method": "head",
         **ev,
         "classes": fs.classes,
         "n_images": len(fs.labels),
@@ -175,6 +176,12 @@ def predict(model_dir, inputs: list, progress: bool = True, weights=None, batch_
             bundle: ModelBundle | None = None, engine: str = "torch") -> tuple[list[dict], list[Skipped]]:
     """``[{path, label, probabilities: {class: p}}]`` for every decodable image in ``inputs`` (files/folders)."""
     bundle = bundle or load_bundle(model_dir)
+    if bundle.method != "head":
+        if engine != "torch":
+            raise BadInputError(f"--engine {engine}: {bundle.method} models (trained CNNs) run with the torch engine")
+        from .training.run import predict_cnn
+
+        return predict_cnn(bundle, inputs, progress=progress, batch_size=batch_size)
     paths, skipped = collect_images(inputs)
     if not paths:
         raise BadInputError("no image files to predict (" + ", ".join(map(str, inputs)) + ")")

@@ -112,30 +112,33 @@ def open_image(source: str | Path | bytes, min_size: int | None = None) -> Image
         raise ImageDecodeError(name, f"corrupt or truncated image ({e})") from None
 
 
-def resize(img: Image.Image, size: int, interpolation: str = "bicubic", mode: str = "squash") -> Image.Image:
-    """Resize to ``size`` x ``size``.
+def resize(img: Image.Image, size, interpolation: str = "bicubic", mode: str = "squash") -> Image.Image:
+    """Resize to ``size`` x ``size`` (or to ``size = (height, width)``).
 
     ``squash`` stretches the whole image (nothing is cropped away: a defect at the border stays in);
     ``letterbox`` keeps the aspect ratio and pads with the image's mean border colour.
     """
+    th, tw = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
     resample = _RESAMPLE[interpolation]
     if mode == "squash":
-        if img.size == (size, size):
+        if img.size == (tw, th):
             return img
-        return img.resize((size, size), resample)
+        return img.resize((tw, th), resample)
     if mode == "letterbox":
         w, h = img.size
-        s = size / max(w, h)
-        nw, nh = max(1, round(w * s)), max(1, round(h * s))
+        s = min(tw / w, th / h)
+        nw, nh = min(tw, max(1, round(w * s))), min(th, max(1, round(h * s)))
         small = img.resize((nw, nh), resample)
         arr = np.asarray(img)
         edge = np.concatenate([arr[0], arr[-1], arr[:, 0], arr[:, -1]]).mean(axis=0)
-        canvas = Image.new("RGB", (size, size), tuple(int(v) for v in edge))
-        canvas.paste(small, ((size - nw) // 2, (size - nh) // 2))
+        fill = tuple(int(v) for v in np.atleast_1d(edge))
+        canvas = Image.new(img.mode, (tw, th), fill if len(fill) > 1 else fill[0])
+        canvas.paste(small, ((tw - nw) // 2, (th - nh) // 2))
         return canvas
     raise ValueError(f"unknown resize mode {mode!r} (use squash or letterbox)")
 
 
-def load_rgb(source, size: int, interpolation: str = "bicubic", mode: str = "squash") -> np.ndarray:
-    """Decode ``source`` and resize it: an ``(size, size, 3)`` uint8 array."""
-    return np.array(resize(open_image(source, min_size=size), size, interpolation, mode), dtype=np.uint8)
+def load_rgb(source, size, interpolation: str = "bicubic", mode: str = "squash") -> np.ndarray:
+    """Decode ``source`` and resize it: an ``(size, size, 3)`` (or ``(height, width, 3)``) uint8 array."""
+    min_size = size if isinstance(size, int) else max(int(size[0]), int(size[1]))
+    return np.array(resize(open_image(source, min_size=min_size), size, interpolation, mode), dtype=np.uint8)

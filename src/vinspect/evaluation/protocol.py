@@ -43,6 +43,8 @@ def evaluate_features(X: np.ndarray, y: np.ndarray, classes: list[str], head, sp
         protocol="kfold" if kfold else "repeated_stratified_shuffle_split",
         splits=len(folds), test_size=None if kfold else test_size, kfold=kfold, seed=seed,
         fit_seconds_mean=float(np.mean([p["fit_seconds"] for p in per])),
+        # the same key as the CNN methods: the time to train one split's model (features come from the cache)
+        train_seconds_mean=float(np.mean([p["fit_seconds"] for p in per])),
         evaluate_seconds=time.perf_counter() - t,
         majority_baseline=float(counts.max() / counts.sum()),
         class_counts={c: int(n) for c, n in zip(classes, counts)},

@@ -35,6 +35,10 @@ class ModelBundle:
     path: Path | None = None
 
     @property
+    def method(self) -> str:
+        return self.meta.get("method", "head")
+
+    @property
     def classes(self) -> list[str]:
         return list(self.meta["classes"])
 
@@ -48,8 +52,9 @@ def save_bundle(directory: str | Path, head, meta: dict) -> Path:
     meta.setdefault("format_version", FORMAT_VERSION)
     meta.setdefault("created_at", datetime.now(timezone.utc).isoformat(timespec="seconds"))
     meta.setdefault("versions", versions())
-    meta["head_file"] = HEAD_FILE
-    sio.dump(head, d / HEAD_FILE)
+    if head is not None:  # CNN bundles (method transfer/finetune/scratch) keep their weights in weights/
+        meta["head_file"] = HEAD_FILE
+        sio.dump(head, d / HEAD_FILE)
     (d / "model.json").write_text(json.dumps(meta, indent=2) + "\n")
     return d
 
@@ -68,6 +73,10 @@ def load_bundle(directory: str | Path) -> ModelBundle:
     if int(meta.get("format_version", 0)) > FORMAT_VERSION:
         raise BadInputError(f"{mj}: format version {meta.get('format_version')} is newer than this vinspect "
                             f"reads ({FORMAT_VERSION}); upgrade vinspect")
+    if meta.get("method", "head") != "head":
+        if not isinstance(meta.get("members"), list) or not meta["members"]:
+            raise BadInputError(f"{mj}: a {meta.get('method')} model without weight files")
+        return ModelBundle(meta, None, d)
     hf = d / meta.get("head_file", HEAD_FILE)
     if not hf.is_file():
         raise BadInputError(f"{hf}: missing head file")

@@ -65,3 +65,35 @@ def comparison_png(rows: list[dict], path: str | Path) -> Path:
     fig.savefig(path)
     plt.close(fig)
     return Path(path)
+
+
+def training_curves_png(history: list[dict], path: str | Path, title: str = "") -> Path:
+    """Loss and accuracy per epoch, training vs validation; stages (head, fine-tuning) separated by a line."""
+    plt = _plt()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    x = list(range(1, len(history) + 1))
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4), dpi=110)
+    for ax, key, label in ((axes[0], "loss", "loss"), (axes[1], "accuracy", "accuracy")):
+        ax.plot(x, [h[f"train_{key}"] for h in history], "o-", ms=3, label="train (augmented)")
+        if any(f"val_{key}" in h for h in history):
+            ax.plot(x, [h.get(f"val_{key}", float("nan")) for h in history], "o-", ms=3, label="validation")
+        for i in range(1, len(history)):
+            if history[i]["stage"] != history[i - 1]["stage"]:
+                ax.axvline(i + 0.5, color="grey", ls="--", lw=1)
+                ax.text(i + 0.6, ax.get_ylim()[1], history[i]["stage"], va="top", fontsize=8, color="grey")
+        if history:
+            ax.text(1, ax.get_ylim()[1], history[0]["stage"], va="top", fontsize=8, color="grey")
+        from matplotlib.ticker import MaxNLocator
+
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path

@@ -10,11 +10,24 @@ def _fmt_rate(r):
     return "n/a" if r is None else f"{r:.1f}"
 
 
+def _setup_line(res: dict) -> str:
+    method = res.get("method", "head")
+    if method == "head":
+        return (f"method head: backbone {res['backbone']}  layer {res['layer']}  pool {res['pool']}  input "
+                f"{res['image_size']}px ({res['resize']})  head {res['head']}  feature dim {res['feature_dim']}")
+    h, w = res["image_size"]
+    c = res.get("config", {})
+    net = "lab network" if method == "scratch" else f"backbone {res['backbone']} cut at {res['layer']}"
+    return (f"method {method}: {net}  input {w}x{h} ({res['resize']}{', grey' if c.get('grey') else ''})  "
+            f"optimizer {c.get('optimizer')} lr {c.get('lr')}  augment "
+            f"{'on' if any(v not in (0, 0.0, False, 1.0) for v in c.get('augment', {}).values()) else 'off'}"
+            + (f"  ensemble of {res['ensemble']}" if res.get("ensemble") else ""))
+
+
 def results_text(res: dict) -> str:
     lines = [
         f"vinspect evaluate: {res['data']}",
-        f"backbone {res['backbone']}  layer {res['layer']}  pool {res['pool']}  input {res['image_size']}px "
-        f"({res['resize']})  head {res['head']}  feature dim {res['feature_dim']}",
+        _setup_line(res),
         f"images {res['n_images']} in {len(res['classes'])} classes; skipped {len(res['skipped'])}",
         f"protocol: {res['splits']} x " + (f"{res['kfold']}-fold" if res.get('kfold') else
                                            f"stratified {round((1 - res['test_size']) * 100)}/"
@@ -34,9 +47,14 @@ def results_text(res: dict) -> str:
     lines.append(" " * w + "".join(f"{c[:w - 1]:>{w}}" for c in res["classes"]))
     for c, row in zip(res["classes"], res["confusion_matrix"]):
         lines.append(f"{c[:w - 1]:<{w}}" + "".join(f"{v:>{w}d}" for v in row))
-    lines += ["", f"extraction: {res['n_computed']} images computed at {_fmt_rate(res['extract_images_per_second'])} "
-                  f"images/s ({res['extract_rate_source']}), {res['cache_hits']} from the cache",
-              f"head fit: {res['fit_seconds_mean']:.2f} s per split; total {res['total_seconds']:.1f} s"]
+    if res.get("method", "head") == "head":
+        lines += ["", f"extraction: {res['n_computed']} images computed at "
+                      f"{_fmt_rate(res['extract_images_per_second'])} images/s ({res['extract_rate_source']}), "
+                      f"{res['cache_hits']} from the cache",
+                  f"head fit: {res['fit_seconds_mean']:.2f} s per split; total {res['total_seconds']:.1f} s"]
+    else:
+        lines += ["", f"training: {res['train_seconds_mean']:.1f} s per split ({res['epochs_mean']:.1f} epochs on "
+                      f"average, device {res['device']}); total {res['total_seconds']:.1f} s"]
     if res["skipped"]:
         lines += ["", "skipped files:"] + [f"  {s['path']}: {s['reason']}" for s in res["skipped"]]
     return "\n".join(lines) + "\n"
