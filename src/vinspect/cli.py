@@ -56,6 +56,63 @@ def _add_head(p: argparse.ArgumentParser) -> None:
     g.add_argument("--seed", type=int, default=0, help="seed of the splits (default: %(default)s)")
 
 
+def _add_training(p: argparse.ArgumentParser, train: bool = False) -> None:
+    p.add_argument("--method", default="head", choices=["head", "transfer", "finetune", "scratch"],
+                   help="head: frozen CNN features + scikit-learn classifier; transfer: frozen pretrained backbone "
+                        "+ new dense head trained with augmentation; finetune: then the top blocks unfrozen at a "
+                        "lower learning rate; scratch: the lab's small CNN (default: %(default)s)")
+    g = p.add_argument_group("CNN training (methods transfer, finetune, scratch; unset options take the "
+                             "method's defaults, see docs/training.md)")
+    g.add_argument("--input-size", metavar="WxH", help="network input, e.g. 224 or 320x128 (default: the "
+                   "backbone's; scratch 128)")
+    g.add_argument("--grey", action="store_true", default=None, help="grey input (default for scratch)")
+    g.add_argument("--rgb", dest="grey", action="store_false", help="colour input")
+    g.add_argument("--epochs", type=int, help="epochs (finetune: of the second stage)")
+    g.add_argument("--head-epochs", type=int, help="finetune: epochs of the first stage (head only)")
+    g.add_argument("--unfreeze", type=int, help="finetune: top blocks of the backbone to train (default 2)")
+    g.add_argument("--no-probe", dest="probe", action="store_false", default=None,
+                   help="transfer/finetune: start from a random head instead of a linear probe (logistic "
+                        "regression on the frozen features)")
+    g.add_argument("--lr", type=float, help="learning rate (finetune: of the first stage)")
+    g.add_argument("--finetune-lr", type=float, help="finetune: learning rate of the second stage (default lr/10)")
+    g.add_argument("--optimizer", choices=["adam", "adamw", "sgd"])
+    g.add_argument("--momentum", type=float, help="SGD momentum (default 0.9)")
+    g.add_argument("--weight-decay", type=float, help="default 1e-4")
+    g.add_argument("--scheduler", choices=["cosine", "step", "none"],
+                   help="cosine with linear warm-up (default), step decay, or constant")
+    g.add_argument("--warmup-epochs", type=int, help="default 1")
+    g.add_argument("--step-size", type=int, help="step scheduler: epochs between decays (default 5)")
+    g.add_argument("--gamma", type=float, help="step scheduler: decay factor (default 0.5)")
+    g.add_argument("--dropout", type=float, help="before the last dense layer")
+    g.add_argument("--label-smoothing", type=float, help="default 0")
+    g.add_argument("--patience", type=int, help="early stopping: epochs without a better validation loss (0: off)")
+    g.add_argument("--val-fraction", type=float, help="validation part carved from the training part (default 0.15)")
+    g.add_argument("--augment", metavar="SPEC", help="none, default, oriented, or items like "
+                   "hflip,vflip,rot90,rotate=10,shift=0.05,scale=0.1,brightness=0.2,contrast=0.2,gamma=0.2,"
+                   "blur=0.2,noise=0.02,crop=0.8 (training only; never at evaluation)")
+    g.add_argument("--ensemble", type=int, metavar="K",
+                   help="train K models on the folds of a stratified K-fold split (each validated on its "
+                        "held-out fold) and average their probabilities" + ("" if train else " (per split)"))
+    g.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when present)")
+
+
+_TRAIN_OPTIONS = ("input_size", "grey", "epochs", "head_epochs", "unfreeze", "probe", "lr", "finetune_lr",
+                  "optimizer", "momentum", "weight_decay", "scheduler", "warmup_epochs", "step_size", "gamma", "dropout",
+                  "label_smoothing", "patience", "val_fraction", "augment", "device")
+
+
+def _train_config(args):
+    from .training.config import TrainConfig
+
+    opts = {k: getattr(args, k) for k in _TRAIN_OPTIONS}
+    opts.update(backbone=args.backbone, layer=args.layer, weights=args.weights, resize=args.resize,
+                batch_size=args.batch_size, seed=args.seed,
+                class_weight=None if args.class_weight in (None, "none") else args.class_weight)
+    if args.ensemble is not None and args.ensemble < 2:
+        raise BadInputError(f"--ensemble {args.ensemble}: needs at least 2 models")
+    return TrainConfig.for_method(args.method, **opts)
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = _Parser(prog="vinspect", description="Industrial visual inspection with CNN features: extract, "
                  "evaluate, train, predict, compare.", epilog=EPILOG)
@@ -86,9 +143,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", metavar="DIR", help="output folder (required)")
     p.set_defaults(func=cmd_extract)
 
-    p = cmd("evaluate", "the lab protocol: mean accuracy of a head over repeated stratified splits")
+    p = cmd("evaluate", "the lab protocol: mean accuracy of a method over repeated stratified splits")
     _add_extraction(p)
     _add_head(p)
+    _add_training(p)
     g = p.add_argument_group("protocol")
     g.add_argument("--splits", type=int, default=10, help="number of random splits (default: %(default)s)")
     g.add_argument("--test-size", type=float, default=0.3, help="test fraction of each split (default: %(default)s)")
@@ -96,12 +154,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", metavar="DIR", help="output folder (default: runs/evaluate-<data>)")
     p.set_defaults(func=cmd_evaluate)
 
-    p = cmd("train", "fit a head on every image and save a model bundle")
+    p = cmd("train", "train a model (a head on CNN features, or a CNN) on every image and save a bundle")
     _add_extraction(p)
     _add_head(p)
-    p.add_argument("--eval-splits", type=int, default=5,
+    _add_training(p, train=True)
+    p.add_argument("--eval-splits", type=int,
                    help="also measure accuracy on this many 70/30 splits, stored in model.json (0: skip; "
-                        "default: %(default)s)")
+                        "default: 5 for method head, 0 for the CNN methods, which train a network per split)")
     p.add_argument("--test-size", type=float, default=0.3)
     p.add_argument("--out", metavar="MODEL_DIR", help="bundle folder (required)")
     p.set_defaults(func=cmd_train)
@@ -288,6 +347,8 @@ def cmd_evaluate(args) -> int:
 
     _need(args, "data")
     out = Path(args.out) if args.out else _default_out("evaluate", args.data)
+    if args.method != "head":
+        return _evaluate_cnn(args, out)
     res = evaluate(args.data, _extractor(args), args.head, args.class_weight, args.splits, args.test_size,
                    args.seed, args.kfold, args.classes, args.cache, not args.no_cache, out,
                    progress=not args.quiet)
@@ -302,12 +363,61 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
+def _evaluate_cnn(args, out: Path) -> int:
+    from .training.run import evaluate_cnn
+
+    cfg = _train_config(args)
+    res = evaluate_cnn(args.data, cfg, args.splits, args.test_size, args.seed, args.kfold, args.classes, out,
+                       progress=not args.quiet, ensemble=args.ensemble)
+    _report_skipped(res["skipped"])
+    print(f"{args.method}: accuracy {res['accuracy_mean']:.4f} +- {res['accuracy_std']:.4f} "
+          f"(balanced {res['balanced_accuracy_mean']:.4f}; majority baseline {res['majority_baseline']:.4f}) "
+          f"over {res['splits']} splits; {res['n_images']} images, {len(res['skipped'])} skipped; "
+          f"{res['train_seconds_mean']:.1f} s training per split, {res['total_seconds']:.1f} s in all")
+    print(f"results: {out / 'results.txt'}  {out / 'results.json'}  {out / 'confusion_matrix.png'}  "
+          f"{out / 'splits'}/NN/training_curves.png")
+    return 0
+
+
+def _train_cnn(args) -> int:
+    from .training.run import evaluate_cnn, train_cnn
+
+    cfg = _train_config(args)
+    ensemble = args.ensemble or None
+    ev = None
+    if args.eval_splits:
+        ev = evaluate_cnn(args.data, cfg, args.eval_splits, args.test_size, args.seed, None, args.classes,
+                          Path(args.out) / "evaluation", progress=not args.quiet, ensemble=ensemble)
+    meta = train_cnn(args.data, args.out, cfg, args.classes, ensemble, progress=not args.quiet)
+    if ev is not None:
+        import json as _json
+
+        meta["metrics"].update({k: ev[k] for k in ("accuracy_mean", "accuracy_std", "balanced_accuracy_mean",
+                                                   "per_class", "splits", "test_size", "majority_baseline",
+                                                   "train_seconds_mean")})
+        (Path(args.out) / "model.json").write_text(_json.dumps(meta, indent=2) + "\n")
+    _report_skipped(meta["training_data"]["skipped"])
+    m = meta["metrics"]
+    acc = (f"; accuracy {m['accuracy_mean']:.4f} +- {m['accuracy_std']:.4f} over {m['splits']} splits"
+           if "accuracy_mean" in m else "")
+    oof = f"; out-of-fold accuracy {m['out_of_fold_accuracy']:.4f}" if "out_of_fold_accuracy" in m else ""
+    secs = sum(t["train_seconds"] for t in meta["training"])
+    print(f"model -> {args.out} ({args.method}, {meta['backbone']}, "
+          f"{len(meta['members'])} network{'s' if len(meta['members']) > 1 else ''}, classes "
+          f"{', '.join(meta['classes'])}, {meta['training_data']['n_images']} images, {secs:.0f} s training"
+          f"{acc}{oof}); curves: {Path(args.out) / 'training_curves.png'}")
+    return 0
+
+
 def cmd_train(args) -> int:
     from .pipeline import train
 
     _need(args, "data", "out")
+    if args.method != "head":
+        return _train_cnn(args)
     meta = train(args.data, args.out, _extractor(args), args.head, args.class_weight, args.classes, args.cache,
-                 not args.no_cache, args.eval_splits, args.test_size, args.seed, progress=not args.quiet)
+                 not args.no_cache, 5 if args.eval_splits is None else args.eval_splits, args.test_size,
+                 args.seed, progress=not args.quiet)
     _report_skipped(meta["training_data"]["skipped"])
     m = meta["metrics"]
     acc = (f"; accuracy {m['accuracy_mean']:.4f} +- {m['accuracy_std']:.4f} over {m['splits']} splits"
@@ -416,8 +526,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"vinspect: error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print("vinspect: interrupted; the features computed so far are kept in the cache: re-run to resume",
-              file=sys.stderr)
+        print("vinspect: interrupted; what was computed is kept (features in the cache, training checkpoints "
+              "and finished splits in the output folder): run the same command again to resume", file=sys.stderr)
         return 130
     except Exception as e:  # noqa: BLE001 - never a traceback for the user, unless asked
         if debug:
