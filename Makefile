@@ -38,6 +38,7 @@ bench: setup
 	$(BIN)/vinspect benchmark $(DATA) --scaling 20000 --out benchmarks/results/scaling
 	$(BIN)/python benchmarks/service_load.py --engine onnx
 	$(BIN)/python benchmarks/thermo.py
+	$(BIN)/python benchmarks/training.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
