@@ -390,12 +390,10 @@ def _train_cnn(args) -> int:
                           Path(args.out) / "evaluation", progress=not args.quiet, ensemble=ensemble)
     meta = train_cnn(args.data, args.out, cfg, args.classes, ensemble, progress=not args.quiet)
     if ev is not None:
-        import json as _json
-
         meta["metrics"].update({k: ev[k] for k in ("accuracy_mean", "accuracy_std", "balanced_accuracy_mean",
                                                    "per_class", "splits", "test_size", "majority_baseline",
                                                    "train_seconds_mean")})
-        (Path(args.out) / "model.json").write_text(_json.dumps(meta, indent=2) + "\n")
+        (Path(args.out) / "model.json").write_text(json.dumps(meta, indent=2) + "\n")
     _report_skipped(meta["training_data"]["skipped"])
     m = meta["metrics"]
     acc = (f"; accuracy {m['accuracy_mean']:.4f} +- {m['accuracy_std']:.4f} over {m['splits']} splits"

@@ -127,7 +127,7 @@ def evaluate_cnn(data, cfg: TrainConfig, splits: int = 10, test_size: float = 0.
     folds = list(repeated_splits(labels, splits, test_size, seed, kfold))
     out = Path(out) if out is not None else None
     base_fp = cfg.fingerprint(net_meta, _data_fingerprint(paths, labels), ensemble)
-    per, infos = [], []
+    per = []
     bar = tqdm(folds, desc="splits", unit="split", disable=not progress)
     for k, (tr, te) in enumerate(bar):
         fp = f"{base_fp}-{k}-{_data_fingerprint(tr, te)}"
@@ -138,7 +138,6 @@ def evaluate_cnn(data, cfg: TrainConfig, splits: int = 10, test_size: float = 0.
             if r.get("fingerprint") == fp:
                 r["confusion_matrix"] = np.array(r["confusion_matrix"])
                 per.append(r)
-                infos.append(r["train_seconds"])
                 continue
         nets, fits, _ = train_members(cfg, net_meta, images[tr], labels[tr], len(ds.classes), ensemble,
                                       work=sdir, progress=progress, desc=f"split {k + 1}/{len(folds)}",
@@ -149,7 +148,6 @@ def evaluate_cnn(data, cfg: TrainConfig, splits: int = 10, test_size: float = 0.
         m["epochs"] = [len(f["history"]) for f in fits]
         m["n_train"], m["n_val"], m["n_test"] = [f["n_train"] for f in fits], [f["n_val"] for f in fits], len(te)
         per.append(m)
-        infos.append(m["train_seconds"])
         bar.set_postfix(acc=f"{np.mean([p['accuracy'] for p in per]):.4f}")
         if sdir is not None:
             sdir.mkdir(parents=True, exist_ok=True)
@@ -165,7 +163,8 @@ def evaluate_cnn(data, cfg: TrainConfig, splits: int = 10, test_size: float = 0.
     res.update(
         protocol="kfold" if kfold else "repeated_stratified_shuffle_split", splits=len(folds),
         test_size=None if kfold else test_size, kfold=kfold, seed=seed,
-        train_seconds_mean=float(np.mean(infos)), fit_seconds_mean=float(np.mean(infos)),
+        train_seconds_mean=float(np.mean([p["train_seconds"] for p in per])),
+        fit_seconds_mean=float(np.mean([p["train_seconds"] for p in per])),
         majority_baseline=float(counts.max() / counts.sum()),
         class_counts={c: int(n) for c, n in zip(ds.classes, counts)},
         classes=ds.classes, n_images=len(labels), skipped=[s.as_dict() for s in skipped],
