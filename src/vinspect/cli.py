@@ -53,7 +53,8 @@ def _add_head(p: argparse.ArgumentParser) -> None:
     g.add_argument("--head", default="logreg", choices=["logreg", "svm-linear", "svm-rbf", "knn"],
                    help="scikit-learn classifier behind a standard scaler (default: %(default)s)")
     g.add_argument("--class-weight", choices=["balanced", "none"], help="re-weight classes for imbalanced data")
-    g.add_argument("--seed", type=int, default=0, help="seed of the splits (default: %(default)s)")
+    g.add_argument("--seed", type=int, default=0,
+                   help="seed of the splits and of CNN training (default: %(default)s)")
 
 
 def _add_training(p: argparse.ArgumentParser, train: bool = False) -> None:
