@@ -30,7 +30,7 @@ RUNS = {
     "neu": [
         ("neu-cls", "head (logreg on blocks.6)", NEU, None, 5, []),
         ("neu-cls", "finetune", NEU, "configs/neu-finetune.yaml", 5, []),
-        ("neu-cls", "scratch (lab network, grey)", NEU, "configs/neu-scratch.yaml", 3, []),
+        ("neu-cls", "scratch (lab network, grey)", NEU, "configs/neu-scratch.yaml", 5, []),
     ],
     "wear": [
         ("insert-wear grades", "head (logreg on blocks.6)", WEAR, None, 10, []),
