@@ -83,8 +83,9 @@ def train_members(cfg: TrainConfig, net_meta: dict, images: np.ndarray, labels: 
     return nets, infos, oof
 
 
-def _ensemble_proba(nets, images) -> np.ndarray:
-    return np.mean([predict_proba(n, images) for n in nets], axis=0)
+def _ensemble_proba(nets, images, batch_size: int = 64) -> np.ndarray:
+    """The members' softmax probabilities, averaged (one network: its own)."""
+    return np.mean([predict_proba(n, images, batch_size) for n in nets], axis=0)
 
 
 def _decode_dataset(ds, net_meta, progress):
@@ -288,7 +289,7 @@ def predict_cnn(bundle, inputs: list, progress: bool = True, batch_size: int = 3
                                      pre["interpolation"], progress=False)
         skipped += bad
         if len(ok):
-            proba = np.mean([predict_proba(n, images, batch_size) for n in nets], axis=0)
+            proba = _ensemble_proba(nets, images, batch_size)
             for i, p in zip(ok, proba):
                 rows.append({"path": str(chunk[i]), "label": classes[int(np.argmax(p))],
                              "probabilities": {c: float(v) for c, v in zip(classes, p)}})

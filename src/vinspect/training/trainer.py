@@ -3,7 +3,6 @@ early stopping on validation loss with best-weights restore, a checkpoint per ep
 
 from __future__ import annotations
 
-import copy
 import math
 import random
 import time
@@ -169,7 +168,6 @@ def fit(net: nn.Module, cfg: TrainConfig, train_images: np.ndarray, train_labels
     resumed_from = None
     ck = Path(checkpoint) if checkpoint else None
     saved = _load_checkpoint(ck, fingerprint)
-    opt = sched = None
     if saved is not None:
         net.load_state_dict(saved["net"])
         state.update({k: saved[k] for k in state})
@@ -190,20 +188,20 @@ def fit(net: nn.Module, cfg: TrainConfig, train_images: np.ndarray, train_labels
                 if has_val:
                     row["val_loss"], row["val_accuracy"] = _score(net, val_loader, val_loss_fn, device)
                     state["best_loss"], state["best_in_stage"] = row["val_loss"], 1
-                    state["best"] = copy.deepcopy({k: v.detach().cpu() for k, v in net.state_dict().items()})
+                    state["best"] = _snapshot(net)
                 row["seconds"] = time.perf_counter() - t0
                 state["train_seconds"] += row["seconds"]
                 state["history"].append(row)
                 bar.update(1)
-                state["epoch"] = 1
-            if hasattr(net, "stage"):
-                net.stage("finetune" if name == "finetune" else "head")
-            params = [p for p in net.parameters() if p.requires_grad]
-            opt = _optimizer(cfg, params, lr)
-            sched = _scheduler(cfg, opt, epochs)
-            if saved is not None and saved.get("opt") is not None and saved["stage"] == state["stage"]:
-                opt.load_state_dict(saved["opt"])
-                sched.load_state_dict(saved["sched"])
+                state["epoch"] = 1  # the probe is the whole stage: no optimiser, no epochs
+            else:
+                if hasattr(net, "stage"):
+                    net.stage("finetune" if name == "finetune" else "head")
+                opt = _optimizer(cfg, [p for p in net.parameters() if p.requires_grad], lr)
+                sched = _scheduler(cfg, opt, epochs)
+                if saved is not None and saved.get("opt") is not None and saved["stage"] == state["stage"]:
+                    opt.load_state_dict(saved["opt"])
+                    sched.load_state_dict(saved["sched"])
             saved = None
             while state["epoch"] < epochs:
                 t0 = time.perf_counter()
@@ -236,7 +234,7 @@ def fit(net: nn.Module, cfg: TrainConfig, train_images: np.ndarray, train_labels
                 if has_val:
                     if row["val_loss"] < state["best_loss"] - 1e-6:
                         state["best_loss"], state["bad"] = row["val_loss"], 0
-                        state["best"] = copy.deepcopy({k: v.detach().cpu() for k, v in net.state_dict().items()})
+                        state["best"] = _snapshot(net)
                         state["best_in_stage"] = state["epoch"]
                     else:
                         state["bad"] += 1
@@ -266,6 +264,11 @@ def fit(net: nn.Module, cfg: TrainConfig, train_images: np.ndarray, train_labels
             "train_seconds": state["train_seconds"], "device": str(device)}
 
 
+def _snapshot(net: nn.Module) -> dict:
+    """A copy of the weights, kept apart from the training that goes on."""
+    return {k: v.detach().to("cpu", copy=True) for k, v in net.state_dict().items()}
+
+
 def _save_checkpoint(path: Path | None, fingerprint, net, opt, sched, state, gen) -> None:
     if path is None:
         return
@@ -273,7 +276,7 @@ def _save_checkpoint(path: Path | None, fingerprint, net, opt, sched, state, gen
     tmp = path.with_suffix(".tmp")
     torch.save({"fingerprint": fingerprint, "net": net.state_dict(), "opt": opt.state_dict() if opt else None,
                 "sched": sched.state_dict() if sched else None, "rng": torch.get_rng_state(), "gen": gen.get_state(),
-                **{k: v for k, v in state.items()}}, tmp)
+                **state}, tmp)
     tmp.replace(path)  # atomic: an interruption never leaves half a checkpoint
 
 
