@@ -6,10 +6,11 @@ held-out seeds, with the training, calibration and threshold data drawn from oth
     python benchmarks/thermo.py --docs           # also writes the README images into docs/thermo/
 
 Seeds (never mixed):
-  random plates 1000-1007: training of the learned models and depth calibration; 1008-1009: validation
+  random plates 1000-1007 and 1010-1025: training of the learned models and depth calibration;
+  1008, 1009, 1026, 1027: validation
   sound plates 2000-2002: thresholds of the unsupervised maps (checked against the constants in detect.py)
   course plates 0-3: development (looked at while writing the code; not used here)
-  course plates 100-103: evaluation (this benchmark only)
+  course plates 100-107: evaluation (this benchmark only)
 Simulated files are cached in runs/thermo-bench/data (delete it to simulate again).
 """
 
@@ -26,10 +27,10 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-TRAIN = list(range(1000, 1008))
-VAL = [1008, 1009]
+TRAIN = list(range(1000, 1008)) + list(range(1010, 1026))
+VAL = [1008, 1009, 1026, 1027]
 SOUND = [2000, 2001, 2002]
-EVAL = [100, 101, 102, 103]
+EVAL = list(range(100, 108))
 
 
 def log(msg):

@@ -399,11 +399,17 @@ def surface_response(spec: PlateSpec, times: np.ndarray, q_map: np.ndarray, dt0:
                 cache[key] = _factor(np.full((1, 1, 1), dt * lat), bond, np.ones((1, 1, 1)), np.ones((1, 1, 1)))
         return cache[key]
 
-    n_est = int((math.log(max(t_end * step_ratio / dt0, 1.0)) + 1.0) / step_ratio)  # about, for the bar
-    bar = tqdm(total=n_est, desc="simulate", disable=not progress, leave=False)
-    while t < t_end:
+    def step(t):
         target = max(dt0, step_ratio * t)
-        dt = dt0 * ladder ** math.floor(math.log(target / dt0) / math.log(ladder))
+        return dt0 * ladder ** math.floor(math.log(target / dt0) / math.log(ladder))
+
+    n_steps, tt = 0, t
+    while tt < t_end:                    # the exact number of time steps, for the progress bar
+        tt += step(tt)
+        n_steps += 1
+    bar = tqdm(total=n_steps, desc="simulate", unit="step", disable=not progress, leave=False)
+    while t < t_end:
+        dt = step(t)
         t += dt
         # in-plane diffusion (skipped while negligible: it is applied once the pending time matters)
         pending = t - t_lat
