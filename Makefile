@@ -39,6 +39,7 @@ bench: setup
 	$(BIN)/python benchmarks/service_load.py --engine onnx
 	$(BIN)/python benchmarks/thermo.py
 	$(BIN)/python benchmarks/training.py
+	$(BIN)/python benchmarks/insert_wear_masks.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
