@@ -68,6 +68,9 @@ class FeatureNet(nn.Module):
         return pool(self.body(x), self.pooling)
 
 
+CPU_CHUNK = 8  # images per forward pass on a CPU (see TorchEngine.__call__)
+
+
 class TorchEngine:
     name = "torch"
 
@@ -78,6 +81,12 @@ class TorchEngine:
         self.net = self.net.to(memory_format=torch.channels_last)
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
+        # On a CPU, batches of more than a few 224-px images spill the caches: 32 at once took 21-23 ms an image
+        # on the 2-core reference machine, chunks of 8 took 14-15 ms (onnxruntime is flat either way).
+        step = CPU_CHUNK if self.device.type == "cpu" else max(len(batch), 1)
+        outs = []
         with torch.inference_mode():
-            out = self.net(torch.from_numpy(np.ascontiguousarray(batch)).to(self.device))
-        return out.float().cpu().numpy()
+            for i in range(0, max(len(batch), 1), step):  # an empty batch runs once, as before
+                x = torch.from_numpy(np.ascontiguousarray(batch[i:i + step])).to(self.device)
+                outs.append(self.net(x).float().cpu().numpy())
+        return outs[0] if len(outs) == 1 else np.concatenate(outs)
