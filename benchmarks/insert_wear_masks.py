@@ -44,12 +44,13 @@ def insert_mask(grey: np.ndarray) -> np.ndarray:
     return lab == (np.argmax(np.bincount(lab.ravel())[1:]) + 1) if n > 1 else fg
 
 
-def describe(image_path: Path, mask_path: Path) -> dict:
+def describe(image_path: Path, mask_path: Path) -> dict | None:
+    """The features of one image and its mask (None for an empty mask)."""
     grey = np.asarray(Image.open(image_path).convert("L"), dtype=np.float64)
     h, w = grey.shape
     m = np.asarray(Image.open(mask_path).convert("L"))[:h, :w] > 127
     if not m.any():
-        raise ValueError(f"{mask_path}: empty mask")
+        return None
     ins = insert_mask(grey)
     ys, xs = np.nonzero(m)
     area = float(m.sum())
@@ -105,10 +106,11 @@ def main(argv=None) -> int:
     rows, used, missing = [], [], []
     for i, (p, rel) in enumerate(zip(ds.paths, ds.relpaths)):
         mp = DATA / "masks" / rel
-        if not mp.is_file():
-            missing.append(rel)
+        row = describe(Path(p), mp) if mp.is_file() else None
+        if row is None:
+            missing.append(rel)  # no mask, or an empty one
             continue
-        rows.append(describe(Path(p), mp))
+        rows.append(row)
         used.append(i)
     y = np.asarray(ds.labels)[used]
     names = SHAPE + GREY
