@@ -403,13 +403,11 @@ def surface_response(spec: PlateSpec, times: np.ndarray, q_map: np.ndarray, dt0:
         target = max(dt0, step_ratio * t)
         return dt0 * ladder ** math.floor(math.log(target / dt0) / math.log(ladder))
 
-    n_steps, tt = 0, t
-    while tt < t_end:                    # the exact number of time steps, for the progress bar
-        tt += step(tt)
-        n_steps += 1
-    bar = tqdm(total=n_steps, desc="simulate", unit="step", disable=not progress, leave=False)
-    while t < t_end:
-        dt = step(t)
+    dts, tt = [], t
+    while tt < t_end:                    # the time steps, known in advance: the progress bar has its true length
+        dts.append(step(tt))
+        tt += dts[-1]
+    for dt in tqdm(dts, desc="simulate", unit="step", disable=not progress, leave=False):
         t += dt
         # in-plane diffusion (skipped while negligible: it is applied once the pending time matters)
         pending = t - t_lat
@@ -428,8 +426,6 @@ def surface_response(spec: PlateSpec, times: np.ndarray, q_map: np.ndarray, dt0:
         factors("z", dt).solve(T)
         snap_t.append(t)
         snap_T.append(T[0].astype(np.float64))
-        bar.update(1)
-    bar.close()
     st = np.array(snap_t)
     lt = np.log(st)
     lv = np.log(np.maximum(np.stack(snap_T), 1e-12))           # (steps, h, w)
