@@ -18,24 +18,10 @@ def small_plate(holes=((12.0, 3.0, 25.0, 25.0), (12.0, 4.0, 65.0, 25.0)), mark=(
 
 
 def run_cli(argv, capsys):
-    """vinspect's main() with the thermo command (added here when vinspect/cli.py does not wire it yet)."""
-    import vinspect.cli as C
-    from vinspect.thermo.cli import add_parser
+    """vinspect's main() on ``argv``: (exit code, stdout, stderr)."""
+    from vinspect.cli import main
 
-    orig = C.build_parser
-
-    def build():
-        ap = orig()
-        sub = next(a for a in ap._actions if a.__class__.__name__ == "_SubParsersAction")
-        if "thermo" not in sub.choices:
-            add_parser(sub, C._Parser)
-        return ap
-
-    C.build_parser = build
-    try:
-        code = C.main([str(a) for a in argv])
-    finally:
-        C.build_parser = orig
+    code = main([str(a) for a in argv])
     out, err = capsys.readouterr()
     return code, out, err
 

@@ -21,7 +21,9 @@ from .cache import FeatureCache, cache_key, default_cache_dir
 from .pooling import POOLS
 
 
-ENGINES = ("torch", "onnx")
+ENGINES = ("torch", "onnx")  # the choices of every command's --engine
+DEFAULT_ENGINE = "torch"
+PRECISIONS = (None, "fp32")  # --precision; None: the engine's own
 QUANTIZE = (None, "int8")
 
 
@@ -39,7 +41,8 @@ class Extractor:
                  image_size: int | None = None, resize: str = "squash", weights: str | Path | None = None,
                  random_init: bool = False, batch_size: int = 32, workers: int | None = None,
                  device: str | None = None, engine: str = "torch", quantize: str | None = None,
-                 onnx_dir: str | Path | None = None, calibration=None, onnx_file: str | Path | None = None):
+                 onnx_dir: str | Path | None = None, calibration=None, onnx_file: str | Path | None = None,
+                 precision: str | None = None):
         self.spec = get_spec(backbone)
         self.backbone = backbone
         self.layer = layer or self.spec.default_layer
@@ -56,6 +59,9 @@ class Extractor:
             raise BadInputError(f"--batch-size {batch_size}: must be at least 1")
         if engine not in ENGINES:
             raise BadInputError(f"--engine {engine!r}: use one of {', '.join(ENGINES)}")
+        if precision not in PRECISIONS:
+            raise BadInputError(f"--precision {precision!r}: use one of {', '.join(p for p in PRECISIONS if p)}")
+        self.precision = precision
         if quantize not in QUANTIZE:
             raise BadInputError(f"--quantize {quantize!r}: use int8")
         if quantize and engine != "onnx":

@@ -12,14 +12,14 @@ import os
 import sys
 
 from ..errors import BadInputError, VinspectError
-from .limits import DEFAULT_DB_FILE, DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS
+from ..serving.limits import DEFAULT_DB_FILE, DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS
 
 EPILOG = "Exit codes: 0 success, 2 bad input or usage, 1 internal error."
 API_KEY_ENV = "VINSPECT_API_KEY"
 DB_ENV = "VINSPECT_DB"
 
 
-def add_parsers(subparsers, parser_class=argparse.ArgumentParser) -> None:
+def add_parser(subparsers, parser_class=argparse.ArgumentParser) -> None:
     p = subparsers.add_parser(
         "serve", help="serve a model over HTTP: inspection API, operator page, inspection log",
         description="Serve a model bundle (vinspect train) over HTTP: POST /v1/inspect, the inspection log "
@@ -92,7 +92,7 @@ def _db_url(args) -> str | None:
 def cmd_serve(args) -> int:
     import uvicorn
 
-    from .app import Service, create_app
+    from ..serving.app import Service, create_app
 
     if not args.model:
         raise BadInputError("serve: missing MODEL_DIR")
@@ -162,7 +162,7 @@ def _host_for_url(host: str) -> str:
 def cmd_export(args) -> int:
     from sqlalchemy.exc import SQLAlchemyError
 
-    from .db import Database, iso, parse_time
+    from ..serving.db import Database, iso, parse_time
 
     if not args.csv:
         raise BadInputError("inspections export: missing --csv FILE ('-' for standard output)")

@@ -11,10 +11,13 @@ import sys
 import warnings
 from pathlib import Path
 
-from . import __version__
-from .errors import BadInputError, VinspectError
+from .. import __version__
+from ..errors import BadInputError, VinspectError
 
 EPILOG = "Exit codes: 0 success, 2 bad input or usage, 1 internal error."
+
+# command groups, each a module of this package exposing add_parser(subparsers, parser_class)
+GROUP_MODULES = ("serve", "thermo")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -39,13 +42,23 @@ def _add_extraction(p: argparse.ArgumentParser, data: bool = True) -> None:
                    help="squash to a square, or keep the aspect ratio and pad (default: %(default)s)")
     g.add_argument("--weights", metavar="PATH", help="local .pth/.safetensors weights (for any timm architecture)")
     g.add_argument("--random-init", action="store_true", help="allow an untrained network (no weights)")
-    g.add_argument("--engine", default="torch", choices=["torch", "onnx"],
-                   help="torch, or onnxruntime (exported once, cached; faster on a CPU) (default: %(default)s)")
+    _add_engine(g)
     g.add_argument("--quantize", choices=["int8"], help="int8 quantisation of the ONNX backbone (--engine onnx)")
     g.add_argument("--batch-size", type=int, default=32, help="images per forward pass (default: %(default)s)")
     g.add_argument("--workers", type=int, help="decoding threads (default: the number of cores, at most 4)")
     g.add_argument("--cache", metavar="DIR", help="feature cache folder (default: $VINSPECT_CACHE or ~/.cache/vinspect)")
     g.add_argument("--no-cache", action="store_true", help="recompute every feature (the cache is refreshed)")
+
+
+def _add_engine(g) -> None:
+    """--engine and --precision: one definition for every command that runs a backbone."""
+    from ..features.extract import DEFAULT_ENGINE, ENGINES, PRECISIONS
+
+    g.add_argument("--engine", default=DEFAULT_ENGINE, choices=list(ENGINES),
+                   help="runtime of the backbone: torch, onnx (onnxruntime; exported once, cached) "
+                        "(default: %(default)s)")
+    g.add_argument("--precision", choices=[p for p in PRECISIONS if p],
+                   help="numeric precision of the engine (default: the engine's own)")
 
 
 def _add_head(p: argparse.ArgumentParser) -> None:
@@ -103,7 +116,7 @@ _TRAIN_OPTIONS = ("input_size", "grey", "epochs", "head_epochs", "unfreeze", "pr
 
 
 def _train_config(args):
-    from .training.config import TrainConfig
+    from ..training.config import TrainConfig
 
     opts = {k: getattr(args, k) for k in _TRAIN_OPTIONS}
     opts.update(backbone=args.backbone, layer=args.layer, weights=args.weights, resize=args.resize,
@@ -214,11 +227,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", metavar="DIR", help="output folder (default: runs/compare-<data>)")
     p.set_defaults(func=cmd_compare)
 
-    from .serving.cli import add_parsers as add_serving
-    from .thermo.cli import add_parser as add_thermo
+    import importlib
 
-    add_serving(sub, _Parser)
-    add_thermo(sub, _Parser)
+    for name in GROUP_MODULES:  # one module per command group: vinspect/cli/<name>.py with add_parser()
+        importlib.import_module(f".{name}", __name__).add_parser(sub, _Parser)
     return ap
 
 
@@ -267,11 +279,11 @@ def _need(args, *names):
 
 
 def _extractor(args):
-    from .features.extract import Extractor
+    from ..features.extract import Extractor
 
     return Extractor(args.backbone, args.layer, args.pool, args.image_size, args.resize, args.weights,
                      args.random_init, args.batch_size, args.workers, engine=args.engine, quantize=args.quantize,
-                     onnx_dir=Path(args.cache) / "onnx" if args.cache else None)
+                     precision=args.precision, onnx_dir=Path(args.cache) / "onnx" if args.cache else None)
 
 
 def _report_skipped(skipped, limit: int = 20) -> None:
@@ -287,8 +299,8 @@ def _default_out(kind: str, data) -> Path:
 
 
 def cmd_backbones(args) -> int:
-    from .backbones.registry import list_backbones
-    from .errors import WeightsUnavailableError
+    from ..backbones.registry import list_backbones
+    from ..errors import WeightsUnavailableError
 
     rows = []
     for s in list_backbones():
@@ -311,7 +323,7 @@ def cmd_backbones(args) -> int:
 
 
 def cmd_layers(args) -> int:
-    from .backbones.build import create_backbone, layer_shapes
+    from ..backbones.build import create_backbone, layer_shapes
 
     b = create_backbone(args.name, args.weights, args.random_init)
     size = args.image_size or b.spec.preprocessing.input_size
@@ -329,7 +341,7 @@ def cmd_layers(args) -> int:
 
 
 def cmd_extract(args) -> int:
-    from .pipeline import extract_to
+    from ..pipeline import extract_to
 
     _need(args, "data", "out")
     fs = extract_to(args.data, args.out, _extractor(args), args.classes, args.cache, not args.no_cache,
@@ -344,7 +356,7 @@ def cmd_extract(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
-    from .pipeline import evaluate
+    from ..pipeline import evaluate
 
     _need(args, "data")
     out = Path(args.out) if args.out else _default_out("evaluate", args.data)
@@ -365,7 +377,7 @@ def cmd_evaluate(args) -> int:
 
 
 def _evaluate_cnn(args, out: Path) -> int:
-    from .training.run import evaluate_cnn
+    from ..training.run import evaluate_cnn
 
     cfg = _train_config(args)
     res = evaluate_cnn(args.data, cfg, args.splits, args.test_size, args.seed, args.kfold, args.classes, out,
@@ -381,7 +393,7 @@ def _evaluate_cnn(args, out: Path) -> int:
 
 
 def _train_cnn(args) -> int:
-    from .training.run import evaluate_cnn, train_cnn
+    from ..training.run import evaluate_cnn, train_cnn
 
     cfg = _train_config(args)
     ensemble = args.ensemble or None
@@ -409,7 +421,7 @@ def _train_cnn(args) -> int:
 
 
 def cmd_train(args) -> int:
-    from .pipeline import train
+    from ..pipeline import train
 
     _need(args, "data", "out")
     if args.method != "head":
@@ -427,7 +439,7 @@ def cmd_train(args) -> int:
 
 
 def cmd_predict(args) -> int:
-    from .pipeline import predict
+    from ..pipeline import predict
 
     _need(args, "model", "paths")
     rows, skipped = predict(args.model, args.paths, progress=not args.quiet, weights=args.weights,
@@ -451,7 +463,7 @@ def cmd_predict(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from .heads.onnx_export import export_onnx
+    from ..heads.onnx_export import export_onnx
 
     _need(args, "model")
     path = export_onnx(args.model, args.out)
@@ -461,7 +473,7 @@ def cmd_export(args) -> int:
 
 
 def cmd_benchmark(args) -> int:
-    from .benchmark import benchmark_table, run_benchmark, run_scaling
+    from ..benchmark import benchmark_table, run_benchmark, run_scaling
 
     _need(args, "data")
     out = Path(args.out) if args.out else _default_out("benchmark", args.data)
@@ -486,7 +498,7 @@ def cmd_benchmark(args) -> int:
 
 
 def cmd_compare(args) -> int:
-    from .pipeline import compare, comparison_table
+    from ..pipeline import compare, comparison_table
 
     _need(args, "data")
     out = Path(args.out) if args.out else _default_out("compare", args.data)

@@ -147,7 +147,7 @@ def _usage(parser) -> int:
 
 
 def _add_method(p, default, allow_all=False):
-    from .analyze import METHODS
+    from ..thermo.analyze import METHODS
 
     choices = list(METHODS) + (["all"] if allow_all else [])
     p.add_argument("--method", choices=choices, default=default,
@@ -182,8 +182,8 @@ def _need(args, *names):
 # -------------------------------------------------------------------------------- commands
 
 def cmd_simulate(args) -> int:
-    from .io import save_simulation
-    from .simulate import Hole, SurfaceMark, course_plate, random_plate, simulate
+    from ..thermo.io import save_simulation
+    from ..thermo.simulate import Hole, SurfaceMark, course_plate, random_plate, simulate
 
     progress = not _quiet(args)
     _need(args, "out")
@@ -226,7 +226,7 @@ def cmd_simulate(args) -> int:
 
 
 def _model_for(method, model):
-    from .analyze import LEARNED, bundled_model
+    from ..thermo.analyze import LEARNED, bundled_model
 
     if method in LEARNED and model is None:
         return bundled_model(method)
@@ -234,7 +234,7 @@ def _model_for(method, model):
 
 
 def cmd_analyze(args) -> int:
-    from .analyze import analyze
+    from ..thermo.analyze import analyze
 
     _quiet(args)
     _need(args, "sequence")
@@ -261,8 +261,8 @@ def cmd_analyze(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
-    from .analyze import BEST_METHOD, METHODS, evaluate, process
-    from .io import load_sequence
+    from ..thermo.analyze import BEST_METHOD, METHODS, evaluate, process
+    from ..thermo.io import load_sequence
 
     _quiet(args)
     _need(args, "file", "out")
@@ -297,7 +297,7 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_train(args) -> int:
-    from .learn import train
+    from ..thermo.learn import train
 
     progress = not _quiet(args)
     _need(args, "files", "out")
@@ -323,7 +323,7 @@ def cmd_train(args) -> int:
 
 
 def cmd_calibrate(args) -> int:
-    from .analyze import calibrate
+    from ..thermo.analyze import calibrate
 
     progress = not _quiet(args)
     _need(args, "files", "out")
