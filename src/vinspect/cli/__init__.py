@@ -17,7 +17,7 @@ from ..errors import BadInputError, VinspectError
 EPILOG = "Exit codes: 0 success, 2 bad input or usage, 1 internal error."
 
 # command groups, each a module of this package exposing add_parser(subparsers, parser_class)
-GROUP_MODULES = ("serve", "thermo")
+GROUP_MODULES = ("serve", "thermo", "segment", "wear")
 
 
 class _Parser(argparse.ArgumentParser):

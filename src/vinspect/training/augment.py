@@ -34,10 +34,20 @@ class AugmentConfig:
     def as_dict(self) -> dict:
         return asdict(self)
 
-    def build(self, size: tuple[int, int]):
-        """A transform of one (C, H, W) uint8 tensor -> float tensor in 0..255 (None when nothing is enabled)."""
+    def build(self, size: tuple[int, int], with_mask: bool = False):
+        """A transform of one (C, H, W) uint8 tensor -> float tensor in 0..255 (None when nothing is enabled).
+
+        ``with_mask``: a transform of ``(image, mask)`` -> ``(image, mask)`` instead, for segmentation: the
+        geometric operations (crop, flips, rotations, affine) move the (H, W) mask of class indices with the
+        image (nearest neighbour, zeros where the image is padded); the photometric ones leave it alone.
+        """
         if not self.enabled:
             return None
+        if with_mask:
+            return _PairTransform(self._compose(size, True))
+        return self._compose(size, False)
+
+    def _compose(self, size: tuple[int, int], with_mask: bool):
         from .._torchvision_guard import ensure_torchvision
 
         ensure_torchvision()
@@ -64,17 +74,39 @@ class AugmentConfig:
         if self.blur:
             ops.append(T.RandomApply([T.GaussianBlur(3, sigma=(0.1, 1.2))], p=self.blur))
         ops.append(T.ToDtype(torch.float32, scale=True))  # 0..1 from here on
+        if with_mask:  # a mask travels with the image: the lambdas touch the image only (and keep its type)
+            from torchvision import tv_tensors
+
+            def _image_only(fn):
+                return T.Lambda(lambda x: tv_tensors.Image(fn(x)), tv_tensors.Image)
+        else:
+            def _image_only(fn):
+                return T.Lambda(fn)
         if self.gamma:
             g = self.gamma
 
             def _gamma(x):
                 return F.adjust_gamma(x, float(torch.empty(1).uniform_(1 - g, 1 + g)))
 
-            ops.append(T.Lambda(_gamma))
+            ops.append(_image_only(_gamma))
         if self.noise:
             ops.append(T.GaussianNoise(sigma=self.noise, clip=True))
-        ops.append(T.Lambda(lambda x: x * 255.0))
+        ops.append(_image_only(lambda x: x * 255.0))
         return T.Compose(ops)
+
+
+class _PairTransform:
+    """(C, H, W) uint8 image tensor, (H, W) integer mask tensor -> (float image in 0..255, int64 mask)."""
+
+    def __init__(self, compose):
+        self.compose = compose
+
+    def __call__(self, image, mask):
+        import torch
+        from torchvision import tv_tensors
+
+        x, m = self.compose(tv_tensors.Image(image), tv_tensors.Mask(mask))
+        return x.as_subclass(torch.Tensor), m.as_subclass(torch.Tensor).long()
 
 
 PRESETS = {

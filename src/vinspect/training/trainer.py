@@ -119,29 +119,93 @@ def predict_proba(net: nn.Module, images: np.ndarray, batch_size: int = 64, devi
     return np.concatenate(out) if out else np.zeros((0, 0), dtype=np.float32)
 
 
+class _Classify:
+    """Image labels: cross-entropy, accuracy."""
+
+    metric, short = "accuracy", "acc"
+
+    def __init__(self, cfg: TrainConfig, train_labels, n_classes: int, device):
+        weight = class_weights(train_labels, n_classes).to(device) if cfg.class_weight == "balanced" else None
+        self.loss_fn = nn.CrossEntropyLoss(weight=weight, label_smoothing=cfg.label_smoothing)
+        self.val_loss_fn = nn.CrossEntropyLoss(weight=weight)  # validation: the plain loss
+
+    @staticmethod
+    def counts(logits, y) -> tuple[float, float]:
+        return int((logits.argmax(1) == y).sum()), len(y)
+
+
+class _Segment:
+    """Pixel masks of class indices (N, H, W): Dice + cross-entropy (binary: one logit channel, Dice + BCE);
+    the metric is the IoU of the defect classes over all pixels of the epoch."""
+
+    metric, short = "iou", "iou"
+
+    def __init__(self, cfg: TrainConfig, train_labels, n_classes: int, device):
+        self.n_classes = n_classes
+        self.loss_fn = self.val_loss_fn = segmentation_loss(n_classes)
+
+    def counts(self, logits, y) -> tuple[float, float]:
+        pred = (logits[:, 0] > 0).long() if logits.shape[1] == 1 else logits.argmax(1)
+        fg_p, fg_t = pred > 0, y > 0
+        same = pred == y
+        return int((fg_p & fg_t & same).sum()), int((fg_p | fg_t).sum())
+
+
+def soft_dice_loss(logits: torch.Tensor, y: torch.Tensor, eps: float = 1.0) -> torch.Tensor:
+    """1 - soft Dice over the batch; binary (one channel, sigmoid) or multi-class (softmax, defect classes)."""
+    if logits.shape[1] == 1:
+        p = torch.sigmoid(logits[:, 0].float())
+        t = y.float()
+        return 1 - (2 * (p * t).sum() + eps) / (p.sum() + t.sum() + eps)
+    p = torch.softmax(logits.float(), 1)[:, 1:]
+    t = nn.functional.one_hot(y, logits.shape[1]).permute(0, 3, 1, 2)[:, 1:].float()
+    inter = (p * t).sum((0, 2, 3))
+    return 1 - ((2 * inter + eps) / (p.sum((0, 2, 3)) + t.sum((0, 2, 3)) + eps)).mean()
+
+
+def segmentation_loss(n_classes: int):
+    """Dice + BCE (binary: background and one defect class) or Dice + cross-entropy (more classes)."""
+
+    def loss(logits, y):
+        if logits.shape[1] == 1:
+            ce = nn.functional.binary_cross_entropy_with_logits(logits[:, 0].float(), y.float())
+        else:
+            ce = nn.functional.cross_entropy(logits.float(), y)
+        return ce + soft_dice_loss(logits, y)
+
+    return loss
+
+
 @torch.no_grad()
-def _score(net, loader, loss_fn, device) -> tuple[float, float]:
+def _score(net, loader, loss_fn, device, counts=_Classify.counts) -> tuple[float, float]:
     net.eval()
-    tot = correct = 0
+    tot = 0
+    num = den = 0
     loss = 0.0
     for x, y in loader:
         x, y = x.to(device, memory_format=CL), y.to(device)
         logits = net(x)
         loss += float(loss_fn(logits, y)) * len(y)
-        correct += int((logits.argmax(1) == y).sum())
+        a, b = counts(logits, y)
+        num += a
+        den += b
         tot += len(y)
-    return loss / max(tot, 1), correct / max(tot, 1)
+    return loss / max(tot, 1), num / max(den, 1)
 
 
 def fit(net: nn.Module, cfg: TrainConfig, train_images: np.ndarray, train_labels: np.ndarray,
         val_images: np.ndarray | None, val_labels: np.ndarray | None, n_classes: int,
         checkpoint: str | Path | None = None, fingerprint: str = "", progress: bool = True,
-        desc: str = "train") -> dict:
+        desc: str = "train", task: str = "classify") -> dict:
     """Train ``net`` in place through the method's stages; returns ``{history, best_epoch, resumed_from, ...}``.
 
     With ``checkpoint``, the state after each epoch is written there and a matching checkpoint (same
     ``fingerprint``) is resumed from.  With a validation set, each stage stops early when the validation loss has
     not improved for ``cfg.patience`` epochs and ends with the weights of its best epoch.
+
+    ``task="segment"``: the labels are (N, H, W) uint8 masks of class indices, the network returns per-pixel
+    logits (one channel when ``n_classes`` is 2), augmentation moves each mask with its image, the loss is
+    Dice + BCE/cross-entropy, one stage trains every layer, and the history reports ``train_iou``/``val_iou``.
     """
     from torch.utils.data import DataLoader
     from tqdm.auto import tqdm
@@ -150,18 +214,19 @@ def fit(net: nn.Module, cfg: TrainConfig, train_images: np.ndarray, train_labels
     seed_everything(cfg.seed)
     net.to(device, memory_format=CL)
     size = tuple(train_images.shape[1:3])
-    transform = cfg.augment.build(size)
-    train_ds = ArrayDataset(train_images, train_labels, transform)
+    seg = task == "segment"
+    transform = cfg.augment.build(size, with_mask=seg)
+    train_ds = (MaskArrayDataset if seg else ArrayDataset)(train_images, train_labels, transform)
     gen = torch.Generator().manual_seed(cfg.seed)
     loader = DataLoader(train_ds, batch_size=cfg.batch_size, shuffle=True, generator=gen,
                         drop_last=len(train_ds) > cfg.batch_size and len(train_ds) % cfg.batch_size == 1)
     has_val = val_images is not None and len(val_images) > 0
-    val_loader = (DataLoader(ArrayDataset(val_images, val_labels), batch_size=max(64, cfg.batch_size))
-                  if has_val else None)
-    weight = class_weights(train_labels, n_classes).to(device) if cfg.class_weight == "balanced" else None
-    loss_fn = nn.CrossEntropyLoss(weight=weight, label_smoothing=cfg.label_smoothing)
-    val_loss_fn = nn.CrossEntropyLoss(weight=weight)  # validation: the plain loss
-    stages = stages_for(cfg)
+    val_loader = (DataLoader((MaskArrayDataset if seg else ArrayDataset)(val_images, val_labels),
+                             batch_size=max(16 if seg else 64, cfg.batch_size)) if has_val else None)
+    objective = (_Segment if seg else _Classify)(cfg, train_labels, n_classes, device)
+    loss_fn, val_loss_fn, counts = objective.loss_fn, objective.val_loss_fn, objective.counts
+    metric, short = objective.metric, objective.short
+    stages = [("all", cfg.epochs, cfg.lr)] if seg else stages_for(cfg)
 
     state = {"stage": 0, "epoch": 0, "history": [], "best": None, "best_loss": math.inf, "bad": 0,
              "best_epochs": [], "best_in_stage": 0, "train_seconds": 0.0}
@@ -186,7 +251,7 @@ def fit(net: nn.Module, cfg: TrainConfig, train_images: np.ndarray, train_labels
                 acc = linear_probe(net, train_images, train_labels, n_classes, cfg.class_weight)
                 row = {"stage": "probe", "epoch": 1, "lr": 0.0, "train_loss": float("nan"), "train_accuracy": acc}
                 if has_val:
-                    row["val_loss"], row["val_accuracy"] = _score(net, val_loader, val_loss_fn, device)
+                    row["val_loss"], row["val_accuracy"] = _score(net, val_loader, val_loss_fn, device, counts)
                     state["best_loss"], state["best_in_stage"] = row["val_loss"], 1
                     state["best"] = _snapshot(net)
                 row["seconds"] = time.perf_counter() - t0
@@ -206,7 +271,7 @@ def fit(net: nn.Module, cfg: TrainConfig, train_images: np.ndarray, train_labels
             while state["epoch"] < epochs:
                 t0 = time.perf_counter()
                 net.train()
-                seen = correct = 0
+                seen = correct = total = 0
                 run_loss = 0.0
                 for x, y in loader:
                     x, y = x.to(device, memory_format=CL), y.to(device)
@@ -216,16 +281,18 @@ def fit(net: nn.Module, cfg: TrainConfig, train_images: np.ndarray, train_labels
                     loss.backward()
                     opt.step()
                     run_loss += float(loss.detach()) * len(y)
-                    correct += int((logits.detach().argmax(1) == y).sum())
+                    a, b = counts(logits.detach(), y)
+                    correct += a
+                    total += b
                     seen += len(y)
-                    bar.set_postfix(stage=name, loss=f"{run_loss / seen:.3f}", acc=f"{correct / seen:.3f}",
-                                    refresh=False)
+                    bar.set_postfix(stage=name, loss=f"{run_loss / seen:.3f}",
+                                    **{short: f"{correct / max(total, 1):.3f}"}, refresh=False)
                 cur_lr = opt.param_groups[0]["lr"]
                 sched.step()
                 row = {"stage": name, "epoch": state["epoch"] + 1, "lr": cur_lr,
-                       "train_loss": run_loss / max(seen, 1), "train_accuracy": correct / max(seen, 1)}
+                       "train_loss": run_loss / max(seen, 1), f"train_{metric}": correct / max(total, 1)}
                 if has_val:
-                    row["val_loss"], row["val_accuracy"] = _score(net, val_loader, val_loss_fn, device)
+                    row["val_loss"], row[f"val_{metric}"] = _score(net, val_loader, val_loss_fn, device, counts)
                 row["seconds"] = time.perf_counter() - t0
                 state["train_seconds"] += row["seconds"]
                 state["history"].append(row)
@@ -239,8 +306,8 @@ def fit(net: nn.Module, cfg: TrainConfig, train_images: np.ndarray, train_labels
                     else:
                         state["bad"] += 1
                         stop = cfg.patience > 0 and state["bad"] >= cfg.patience
-                bar.set_postfix(stage=name, loss=f"{row['train_loss']:.3f}", acc=f"{row['train_accuracy']:.3f}",
-                                **({"val_loss": f"{row['val_loss']:.3f}", "val_acc": f"{row['val_accuracy']:.3f}"}
+                bar.set_postfix(stage=name, loss=f"{row['train_loss']:.3f}", **{short: f"{row[f'train_{metric}']:.3f}"},
+                                **({"val_loss": f"{row['val_loss']:.3f}", f"val_{short}": f"{row[f'val_{metric}']:.3f}"}
                                    if has_val else {}))
                 bar.update(1)
                 if stop:
@@ -290,3 +357,27 @@ def _load_checkpoint(path: Path | None, fingerprint: str):
     if saved.get("fingerprint") != fingerprint:
         return None
     return saved
+
+
+class MaskArrayDataset:
+    """(N, H, W, C) uint8 images + (N, H, W) masks of class indices -> ((C, H, W) float in 0..255, (H, W) int64);
+    an augmenting transform takes and returns the pair (see ``AugmentConfig.build(..., with_mask=True)``)."""
+
+    def __init__(self, images: np.ndarray, masks: np.ndarray, transform=None):
+        if len(images) != len(masks) or images.shape[1:3] != masks.shape[1:3]:
+            raise ValueError(f"images {images.shape} and masks {masks.shape} do not match")
+        self.images = images
+        self.masks = masks
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i):
+        import torch
+
+        x = torch.from_numpy(np.ascontiguousarray(self.images[i])).permute(2, 0, 1)
+        m = torch.from_numpy(np.ascontiguousarray(self.masks[i]))
+        if self.transform is not None:
+            return self.transform(x, m)
+        return x.float(), m.long()
