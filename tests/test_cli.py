@@ -1,5 +1,6 @@
 """The command line end to end on small real and generated data: outputs, exit codes, bad input."""
 
+import hashlib
 import json
 import subprocess
 import sys
@@ -111,9 +112,12 @@ def test_train_then_predict_json_and_csv(capsys, neu_small, tmp_path):
     assert code == 0, err
     meta = json.loads((model / "model.json").read_text())
     assert meta["classes"] == ["crazing", "patches", "scratches"]
-    assert meta["preprocessing"]["input_size"] == 64 and len(meta["weights"]["sha256"]) == 64
+    assert meta["format_version"] == 2 and meta["task"] == "classify" and meta["kind"] == "head"
+    assert meta["preprocessing"]["width"] == meta["preprocessing"]["height"] == 64
+    assert len(meta["backbone"]["weights_sha256"]) == 64
     assert "accuracy_mean" in meta["metrics"] and meta["versions"]["torch"]
     assert (model / "head.skops").is_file() and not list(model.glob("*.pkl"))
+    assert meta["files"]["head.skops"] == hashlib.sha256((model / "head.skops").read_bytes()).hexdigest()
     code, out, err = run(capsys, "predict", model, neu_small / "scratches", "--json", "--csv",
                          tmp_path / "p.csv", "-q")
     assert code == 0, err

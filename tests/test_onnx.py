@@ -92,7 +92,8 @@ def test_int8_quantisation_is_its_own_cache_and_bundle(capsys, neu_small, tmp_pa
     assert main(["train", str(neu_small), "--out", str(model), "--image-size", "96", "-q", "--eval-splits", "0",
                  "--engine", "onnx", "--quantize", "int8", "--cache", str(tmp_path / "c")]) == 0
     meta = json.loads((model / "model.json").read_text())
-    assert meta["quantize"] == "int8" and (model / "backbone_int8.onnx").is_file()
+    assert meta["config"]["quantize"] == "int8" and (model / "backbone_int8.onnx").is_file()
+    assert meta["files"]["backbone_int8.onnx"]  # its sha256, checked on load
     capsys.readouterr()
     assert main(["predict", str(model), str(neu_small / "scratches"), "--json", "-q"]) == 0
     rows = json.loads(capsys.readouterr().out)

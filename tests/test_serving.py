@@ -395,7 +395,7 @@ def test_engine_passes_through_to_the_extractor(model_dir, inference, images):
         pytest.skip("this vinspect has no onnx engine")
     pytest.importorskip("onnxruntime", reason="onnxruntime is not installed")
     onnx = InferenceService(model_dir, engine="onnx", max_batch=2)
-    assert onnx.extractor.engine_name == "onnx"
+    assert onnx.predictor.extractor.engine_name == "onnx"
     onnx.start()
     try:
         for cls in ("crazing", "patches", "scratches"):

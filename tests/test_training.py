@@ -236,8 +236,10 @@ def test_train_and_predict_each_method(method, extra, neu_small, tmp_path, capsy
     out = tmp_path / method
     assert main(["train", str(neu_small), "--method", method, "--out", str(out), *FAST, *extra]) == 0
     meta = json.loads((out / "model.json").read_text())
-    assert meta["method"] == method and meta["classes"] == ["crazing", "patches", "scratches"]
-    assert meta["hyperparameters"]["epochs"] == 2 and meta["hyperparameters"]["input_size"] == [64, 64]
+    assert meta["kind"] == "cnn" and meta["config"]["method"] == method
+    assert meta["classes"] == ["crazing", "patches", "scratches"]
+    hp = meta["config"]["hyperparameters"]
+    assert hp["epochs"] == 2 and hp["input_size"] == [64, 64]
     hist = json.loads((out / "history.json").read_text())
     # transfer and finetune start with a linear probe; finetune: then 1 head epoch and 2 fine-tuning epochs
     assert [h["stage"] for h in hist] == {"scratch": ["all"] * 2, "transfer": ["probe", "head", "head"],
@@ -253,19 +255,18 @@ def test_train_and_predict_each_method(method, extra, neu_small, tmp_path, capsy
 
 
 def test_ensemble_averages_its_members(neu_small, tmp_path, capsys):
-    from vinspect.heads.bundle import load_bundle
-    from vinspect.training.run import load_networks
+    from vinspect.models.predictor import load_predictor
 
     out = tmp_path / "ens"
     assert main(["train", str(neu_small), "--method", "scratch", "--ensemble", "3", "--out", str(out), *FAST]) == 0
     meta = json.loads((out / "model.json").read_text())
-    assert len(meta["members"]) == 3 and 0 <= meta["metrics"]["out_of_fold_accuracy"] <= 1
-    assert [t["n_train"] + t["n_val"] for t in meta["training"]] == [30, 30, 30]
+    assert len(meta["config"]["members"]) == 3 and 0 <= meta["metrics"]["out_of_fold_accuracy"] <= 1
+    assert [t["n_train"] + t["n_val"] for t in meta["training"]["runs"]] == [30, 30, 30]
     capsys.readouterr()
     files = sorted(str(p) for p in (neu_small / "scratches").glob("*.jpg"))[:3]
     assert main(["predict", str(out), *files, "--json", "-q"]) == 0
     rows = json.loads(capsys.readouterr().out)
-    nets = load_networks(load_bundle(out))
+    nets = load_predictor(out).nets
     x, _, _ = decode_all(files, (64, 64), "squash", grey=True, interpolation="bilinear", progress=False)
     members = np.stack([predict_proba(n, x) for n in nets])
     assert not np.allclose(members[0], members[1])  # different members ...

@@ -12,7 +12,8 @@ _API = {
     "Extractor": "features.extract", "extract": "features.extract", "FeatureSet": "features.extract",
     "scan_folder": "data.dataset", "Dataset": "data.dataset",
     "evaluate": "pipeline", "train": "pipeline", "predict": "pipeline", "compare": "pipeline",
-    "extract_to": "pipeline", "load_bundle": "heads.bundle", "make_head": "heads.factory",
+    "extract_to": "pipeline", "load_bundle": "models.bundle", "load_predictor": "models.predictor",
+    "make_head": "heads.factory",
     "list_backbones": "backbones.registry", "create_backbone": "backbones.build",
 }
 

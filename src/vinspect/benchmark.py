@@ -41,7 +41,7 @@ def _naive(extractor: Extractor, paths, progress) -> dict:
     import torch
     from PIL import Image
 
-    from .features.pooling import pool
+    from .backbones.pooling import pool
 
     pre = extractor.preprocessing
     net = extractor.torch_net()

@@ -13,13 +13,13 @@ from pathlib import Path
 import numpy as np
 
 from .backbones.registry import get_spec
-from .data.dataset import Dataset, Skipped, collect_images, scan_folder
+from .data.dataset import Dataset, Skipped, scan_folder
 from .data.splits import check_class_sizes
 from .errors import BadInputError
 from .evaluation.protocol import evaluate_features
-from .features.extract import Extractor, FeatureSet, calibration_images, extract, stream_features
-from .heads.bundle import ModelBundle, load_bundle, save_bundle, versions
+from .features.extract import Extractor, FeatureSet, calibration_images, extract
 from .heads.factory import MIN_TRAIN_PER_CLASS, make_head
+from .models.bundle import versions
 from .reporting.plots import comparison_png, confusion_matrix_png
 from .reporting.results import write_results
 
@@ -80,6 +80,7 @@ def evaluate(data, extractor: Extractor | None = None, head: str = "logreg", cla
         "cache_hits": st["cache_hits"],
         "cache_path": st["cache_path"],
         "cache_bytes": st["cache_bytes"],
+        **extractor.engine_info(),  # engine, precision, engine_reason, cpu_flags
         "versions": versions(),
     }
     res["total_seconds"] = time.perf_counter() - t0
@@ -122,80 +123,27 @@ def train(data, out, extractor: Extractor | None = None, head: str = "logreg", c
                                                "per_class", "splits", "test_size", "majority_baseline")})
         except BadInputError as e:  # too few images for the protocol: the model is still trained
             metrics["evaluation_skipped"] = str(e)
-    meta = {
-        "method": "head",
-        "classes": fs.classes,
-        "backbone": extractor.backbone,
-        "arch": extractor.spec.arch,
-        "layer": extractor.layer,
-        "pool": extractor.pool,
-        "preprocessing": extractor.preprocessing.as_dict(),
-        "weights": {"sha256": extractor.weights_sha256, "path": extractor.weights_path,
-                    "random_init": bool(extractor.random_init)},
-        "head": {"name": head, "class_weight": class_weight, "seed": seed},
-        "feature_dim": fs.feature_dim,
-        "engine": extractor.engine_name,
-        "quantize": extractor.quantize,
-        "metrics": metrics,
-        "training_data": {"root": str(ds.root), "n_images": len(fs.labels),
-                          "class_counts": {c: int((fs.labels == i).sum()) for i, c in enumerate(fs.classes)},
-                          "skipped": [s.as_dict() for s in fs.skipped]},
-    }
+    if extractor.quantize and extractor.calibration is None:
+        extractor.calibration = lambda: calibration_images(extractor, ds.paths)
     if extractor.quantize:
-        import shutil
-
-        if extractor.calibration is None:
-            extractor.calibration = lambda: calibration_images(extractor, ds.paths)
         _ = extractor.engine  # exported and quantised now if every feature came from the cache
-        meta["backbone_onnx"] = "backbone_int8.onnx"
-        Path(out).mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(extractor.onnx_path, Path(out) / meta["backbone_onnx"])
-    save_bundle(out, model, meta)
-    return meta
+    from .models.head import save_head_bundle
 
-
-def extractor_for(bundle: ModelBundle, weights=None, **kw) -> Extractor:
-    """The extractor a bundle was trained with; refuses weights that differ from the recorded sha256."""
-    m = bundle.meta
-    w = m["weights"]
-    pre = m["preprocessing"]
-    if m.get("quantize"):  # an int8 bundle carries its quantised backbone: the features depend on it
-        kw.update(engine="onnx", quantize=m["quantize"], onnx_file=bundle.path / m["backbone_onnx"])
-    ex = Extractor(m["backbone"], m["layer"], m["pool"], image_size=pre["input_size"], resize=pre["resize"],
-                   weights=weights or (w.get("path") if not get_spec(m["backbone"]).weights and w.get("path")
-                                       else None),
-                   random_init=w.get("random_init", False), **kw)
-    if ex.weights_sha256 != w.get("sha256"):
-        raise BadInputError(f"the {m['backbone']} weights on this machine (sha256 {str(ex.weights_sha256)[:12]}) "
-                            f"differ from those the model was trained with ({str(w.get('sha256'))[:12]}); "
-                            f"pass the right file with --weights")
-    return ex
+    training = {"classes": fs.classes, "root": str(ds.root), "n_images": len(fs.labels),
+                "class_counts": {c: int((fs.labels == i).sum()) for i, c in enumerate(fs.classes)},
+                "skipped": [s.as_dict() for s in fs.skipped]}
+    return save_head_bundle(out, model, extractor, {"name": head, "class_weight": class_weight, "seed": seed},
+                            fs.feature_dim, metrics, training)
 
 
 def predict(model_dir, inputs: list, progress: bool = True, weights=None, batch_size: int = 32,
-            bundle: ModelBundle | None = None, engine: str = "torch") -> tuple[list[dict], list[Skipped]]:
-    """``[{path, label, probabilities: {class: p}}]`` for every decodable image in ``inputs`` (files/folders)."""
-    bundle = bundle or load_bundle(model_dir)
-    if bundle.method != "head":
-        if engine != "torch":
-            raise BadInputError(f"--engine {engine}: {bundle.method} models (trained CNNs) run with the torch engine")
-        from .training.run import predict_cnn
+            engine: str | None = None, on_result=None, **runtime) -> tuple[list[dict], list[Skipped]]:
+    """Rows ``{path, label, ...}`` for every decodable image in ``inputs`` (files/folders), with a bundle of
+    any task (classification rows carry ``probabilities``, anomaly rows a ``score`` ...)."""
+    from .models.predictor import load_predictor
 
-        return predict_cnn(bundle, inputs, progress=progress, batch_size=batch_size)
-    paths, skipped = collect_images(inputs)
-    if not paths:
-        raise BadInputError("no image files to predict (" + ", ".join(map(str, inputs)) + ")")
-    ex = extractor_for(bundle, weights, batch_size=batch_size, engine=engine)
-    classes = bundle.classes
-    rows: list[dict | None] = [None] * len(paths)
-    for ok, feats, failures in stream_features(ex, paths, progress, desc="predict"):
-        if ok:
-            proba = bundle.head.predict_proba(feats)
-            for i, p in zip(ok, proba):
-                rows[i] = {"path": str(paths[i]), "label": classes[int(np.argmax(p))],
-                           "probabilities": {c: float(v) for c, v in zip(classes, p)}}
-        skipped += [Skipped(str(paths[i]), reason) for i, reason in failures]
-    return [r for r in rows if r is not None], skipped
+    predictor = load_predictor(model_dir, weights=weights, batch_size=batch_size, engine=engine, **runtime)
+    return predictor.predict(inputs, progress=progress, on_result=on_result)
 
 
 def compare(data, backbones: list[str], out, progress: bool = True, **kw) -> dict:

@@ -22,12 +22,12 @@ DB_ENV = "VINSPECT_DB"
 def add_parser(subparsers, parser_class=argparse.ArgumentParser) -> None:
     p = subparsers.add_parser(
         "serve", help="serve a model over HTTP: inspection API, operator page, inspection log",
-        description="Serve a model bundle (vinspect train) over HTTP: POST /v1/inspect, the inspection log "
+        description="Serve a model bundle of any task (classify, anomaly, segment ...) over HTTP: POST /v1/inspect, the inspection log "
                     "(GET /v1/inspections), heatmaps, /metrics, /healthz, the API docs at /docs and the operator "
                     "page at /.", epilog=EPILOG)
     p.add_argument("--config", metavar="FILE", help="YAML file whose keys are this command's option names")
     p.add_argument("-q", "--quiet", action="store_true", help="log warnings only (no access log)")
-    p.add_argument("model", nargs="?", metavar="MODEL_DIR", help="a model bundle folder (vinspect train --out)")
+    p.add_argument("model", nargs="?", metavar="MODEL_DIR", help="a model bundle folder (vinspect train --out, or any task's train)")
     p.add_argument("--host", default="127.0.0.1",
                    help="address to bind (default: %(default)s, this machine only; 0.0.0.0 exposes the service "
                         "to the network: set --api-key then)")
@@ -36,7 +36,9 @@ def add_parser(subparsers, parser_class=argparse.ArgumentParser) -> None:
                    help=f"SQLAlchemy URL of the inspection log (default: ${DB_ENV} or "
                         f"sqlite:///{DEFAULT_DB_FILE} in the current folder; PostgreSQL: "
                         f"postgresql+psycopg://user:password@host:5432/dbname)")
-    p.add_argument("--engine", default="torch", choices=["torch", "onnx"],
+    from ..features.extract import DEFAULT_ENGINE, ENGINES  # the engine choices are defined once, there
+
+    p.add_argument("--engine", default=DEFAULT_ENGINE, choices=list(ENGINES),
                    help="feature extraction engine (default: %(default)s)")
     p.add_argument("--weights", metavar="PATH", help="backbone weights, if not where the model recorded them")
     p.add_argument("--api-key", metavar="KEY",
@@ -118,8 +120,8 @@ def cmd_serve(args) -> int:
     port = sock.getsockname()[1]
     url = f"http://{_host_for_url(args.host)}:{port}"
     if not args.quiet:
-        print(f"vinspect serve: model {inf.name} ({inf.sha256[:12]}, {inf.extractor.backbone}, classes "
-              f"{', '.join(inf.classes)}), engine {args.engine}, log {service.db.describe()}"
+        print(f"vinspect serve: model {inf.name} ({inf.sha256[:12]}, {inf.bundle.task}/{inf.bundle.kind}, classes "
+              f"{', '.join(inf.classes)}), engine {inf.engine_name}, log {service.db.describe()}"
               + (", API key required" if service.api_key else ""), file=sys.stderr)
         print(f"vinspect serve: operator page {url}/  API docs {url}/docs", file=sys.stderr)
     config = uvicorn.Config(app, log_level="warning" if args.quiet else "info", access_log=not args.quiet,

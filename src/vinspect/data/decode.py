@@ -142,3 +142,11 @@ def load_rgb(source, size, interpolation: str = "bicubic", mode: str = "squash")
     """Decode ``source`` and resize it: an ``(size, size, 3)`` (or ``(height, width, 3)``) uint8 array."""
     min_size = size if isinstance(size, int) else max(int(size[0]), int(size[1]))
     return np.array(resize(open_image(source, min_size=min_size), size, interpolation, mode), dtype=np.uint8)
+
+
+_GREY = np.array([0.299, 0.587, 0.114], dtype=np.float32)
+
+
+def to_grey(rgb: np.ndarray) -> np.ndarray:
+    """(..., H, W, 3) uint8 -> (..., H, W, 1) uint8 luminance (ITU-R BT.601 weights)."""
+    return np.clip(np.rint(rgb.astype(np.float32) @ _GREY), 0, 255).astype(np.uint8)[..., None]

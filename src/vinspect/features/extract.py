@@ -18,7 +18,7 @@ from ..data.dataset import Dataset, Skipped, file_sha256
 from ..data.decode import load_rgb
 from ..errors import BadInputError, ImageDecodeError
 from .cache import FeatureCache, cache_key, default_cache_dir
-from .pooling import POOLS
+from ..backbones.pooling import POOLS
 
 
 ENGINES = ("torch", "onnx")  # the choices of every command's --engine

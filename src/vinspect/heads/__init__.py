@@ -1,6 +1,6 @@
-"""Classifier heads on features: scikit-learn estimators behind a standard scaler; model bundles."""
+"""Classifier heads on features: scikit-learn estimators behind a standard scaler (saved in ``head`` model
+bundles, :mod:`vinspect.models.head`)."""
 
 from .factory import HEADS, make_head
-from .bundle import ModelBundle, load_bundle, save_bundle
 
-__all__ = ["HEADS", "make_head", "ModelBundle", "load_bundle", "save_bundle"]
+__all__ = ["HEADS", "make_head"]

@@ -71,7 +71,8 @@ class Inspection(BaseModel):
     status: Literal["ok", "rejected"]
     http_status: int
     label: str | None = Field(None, description="the verdict: the most probable class")
-    score: float | None = Field(None, description="probability of the label")
+    score: float | None = Field(None, description="probability of the label (classification), or the anomaly "
+                                                  "score (anomaly models)")
     probabilities: dict[str, float] | None = None
     damaged: bool | None = Field(None, description="label is not one of the model's ok classes")
     part_id: str | None = None
@@ -145,7 +146,8 @@ class Metrics:
         info = Info("vinspect_model", "The model being served", registry=r)
         inf = service.inference
         info.info({"name": inf.name, "version": inf.version, "sha256": inf.sha256, "engine": inf.engine_name,
-                   "backbone": inf.extractor.backbone, "vinspect": __version__})
+                   "backbone": str((inf.bundle.backbone or {}).get("name", "")), "task": inf.bundle.task,
+                   "kind": inf.bundle.kind, "vinspect": __version__})
 
     def text(self) -> bytes:
         from prometheus_client import generate_latest
@@ -187,7 +189,7 @@ class _MetricsMiddleware:
 class Service:
     """Everything one running service holds.  ``start``/``stop`` are called by the app's lifespan."""
 
-    def __init__(self, model_dir, db: str | Database | None = None, engine: str = "torch", weights=None,
+    def __init__(self, model_dir, db: str | Database | None = None, engine: str | None = None, weights=None,
                  api_key: str | None = None, max_bytes: int = DEFAULT_MAX_BYTES,
                  max_pixels: int = DEFAULT_MAX_PIXELS, workers: int = 1, max_batch: int = 8, max_queue: int = 64,
                  decode_workers: int = 2, ok_classes: list[str] | None = None, body_timeout_s: float = 30.0,
@@ -248,16 +250,18 @@ class Service:
 
     def model_json(self) -> dict:
         inf = self.inference
-        m = inf.bundle.meta
-        ex = inf.extractor
+        b = inf.bundle
+        d = inf.predictor.describe()
+        bb = b.backbone or {}
         return {
-            **inf.model_info, "classes": inf.classes, "ok_classes": self.ok_classes,
+            **inf.model_info, "task": b.task, "kind": b.kind, "classes": inf.classes, "ok_classes": self.ok_classes,
             "damaged_classes": [c for c in inf.classes if c not in self.ok_classes],
-            "backbone": ex.backbone, "arch": m.get("arch"), "layer": ex.layer, "pool": ex.pool,
-            "preprocessing": ex.preprocessing.as_dict(), "weights_sha256": ex.weights_sha256,
-            "head": m.get("head"), "feature_dim": m.get("feature_dim"), "metrics": m.get("metrics"),
-            "training_data": {k: v for k, v in (m.get("training_data") or {}).items() if k != "skipped"},
-            "created_at": m.get("created_at"), "engine": inf.engine_name,
+            "backbone": bb.get("name"), "arch": bb.get("arch"), "layer": bb.get("layer"), "pool": bb.get("pool"),
+            "preprocessing": b.preprocessing.as_dict(), "weights_sha256": bb.get("weights_sha256"),
+            "head": b.config.get("head"), "feature_dim": b.config.get("feature_dim"),
+            "method": b.config.get("method"), "metrics": b.metrics,
+            "training_data": {k: v for k, v in b.training.items() if k not in ("skipped", "root", "runs")},
+            "created_at": b.created_at, "engine": d.get("engine", inf.engine_name),
             "heatmap": {"method": self.heatmaps.method, "why": self.heatmaps.reason},
             "limits": {"max_bytes": inf.max_bytes, "max_pixels": inf.max_pixels, "max_batch": inf.max_batch,
                        "workers": inf.n_workers},

@@ -1,4 +1,4 @@
-"""The model behind the service: a bundle and its extractor, a bounded decode pool and a bounded model pool.
+"""The model behind the service: a predictor (any kind of model), a bounded decode pool and a bounded model pool.
 
 Requests flow: bytes -> :meth:`InferenceService.prepare` (limits checked on the header before any pixel is
 decoded, then the exact decoding and resizing the model was trained with) in a small decode pool ->
@@ -23,7 +23,6 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from ..errors import BadInputError, ImageDecodeError
-from ..heads.bundle import ModelBundle, load_bundle
 
 from .limits import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS  # noqa: E402,F401 (re-exported)
 PIL_PIXEL_GUARD = 100_000_000  # vinspect.data.decode sets Image.MAX_IMAGE_PIXELS to this
@@ -64,9 +63,10 @@ class Prepared:
 class Verdict:
     label: str
     score: float
-    probabilities: dict[str, float]
+    probabilities: dict[str, float] | None
     model_ms: float  # time in the model worker (batch included)
     queue_ms: float  # time waiting in the queue
+    extra: dict = field(default_factory=dict)  # what the kind of model adds (threshold, regions, boxes ...)
 
 
 @dataclass
@@ -76,22 +76,22 @@ class _Job:
     enqueued: float = field(default_factory=time.perf_counter)
 
 
-def bundle_sha256(directory: Path, meta: dict) -> str:
-    """sha256 over the bundle's model.json and head file: identifies the exact model that gave a verdict."""
+def bundle_sha256(directory: Path, files) -> str:
+    """sha256 over the bundle's model.json and its files: identifies the exact model that gave a verdict."""
     h = hashlib.sha256()
-    for name in ("model.json", meta.get("head_file", "head.skops")):
+    for name in ("model.json", *sorted(files)):
         h.update(name.encode() + b"\0")
         h.update((Path(directory) / name).read_bytes())
     return h.hexdigest()
 
 
 class InferenceService:
-    """A loaded bundle, its extractor and the worker pools; thread-safe."""
+    """A loaded predictor and the worker pools; thread-safe."""
 
-    def __init__(self, model_dir, engine: str = "torch", weights=None, workers: int = 1, max_batch: int = 8,
+    def __init__(self, model_dir, engine: str | None = None, weights=None, workers: int = 1, max_batch: int = 8,
                  max_queue: int = 64, decode_workers: int = 2, max_bytes: int = DEFAULT_MAX_BYTES,
-                 max_pixels: int = DEFAULT_MAX_PIXELS, bundle: ModelBundle | None = None, extractor=None):
-        from ..pipeline import extractor_for
+                 max_pixels: int = DEFAULT_MAX_PIXELS, predictor=None, precision: str | None = None):
+        from ..models.predictor import load_predictor
 
         if workers < 1 or max_batch < 1 or max_queue < 1 or decode_workers < 1:
             raise BadInputError("--workers, --max-batch, --max-queue and --decode-workers must be at least 1")
@@ -101,21 +101,20 @@ class InferenceService:
             raise BadInputError(f"--max-pixels {max_pixels}: must be between 1 and {PIL_PIXEL_GUARD:,} "
                                 f"(the decoder's decompression-bomb guard)")
         self.model_dir = Path(model_dir)
-        self.bundle = bundle or load_bundle(self.model_dir)
-        meta = self.bundle.meta
-        if meta.get("method", "head") != "head":
-            raise BadInputError(f"{self.model_dir}: a {meta.get('method')!r} model; the service serves "
-                                f"feature+head bundles (vinspect train)")
-        self.classes = self.bundle.classes
-        self.extractor = extractor or extractor_for(self.bundle, weights, engine=engine, batch_size=max_batch)
-        self.engine_name = engine
+        runtime = {"engine": engine, "weights": weights, "batch_size": max_batch}
+        if precision:
+            runtime["precision"] = precision
+        self.predictor = predictor or load_predictor(self.model_dir, **runtime)
+        self.bundle = self.predictor.bundle
+        self.classes = self.predictor.classes
+        self.engine_name = self.predictor.describe().get("engine", engine or "torch")
         self.max_bytes = int(max_bytes)
         self.max_pixels = int(max_pixels)
         self.max_batch = int(max_batch)
         self.n_workers = int(workers)
-        self.sha256 = bundle_sha256(self.model_dir, meta)
-        self.name = str(meta.get("name") or self.model_dir.resolve().name)
-        self.version = str(meta.get("version") or meta.get("created_at") or "")
+        self.sha256 = bundle_sha256(self.model_dir, self.bundle.files)
+        self.name = str(self.bundle.config.get("name") or self.model_dir.resolve().name)
+        self.version = str(self.bundle.config.get("version") or self.bundle.created_at or "")
         self._queue: queue.Queue[_Job | None] = queue.Queue(maxsize=max_queue)
         self._decode_pool = ThreadPoolExecutor(decode_workers, thread_name_prefix="vinspect-decode")
         self._threads: list[threading.Thread] = []
@@ -140,11 +139,10 @@ class InferenceService:
     def warm_up(self, rounds: int = 2) -> float:
         """Build the network and run the common batch sizes (the first runs of a shape are slow); seconds."""
         t0 = time.perf_counter()
-        s = self.extractor.preprocessing.input_size
+        pre = self.predictor.preprocessing
         for n in sorted({n for n in (1, 2, 4) if n <= self.max_batch} | {self.max_batch}):
             for _ in range(rounds if n == 1 else 1):
-                feats = self.extractor.features(np.zeros((n, s, s, 3), np.uint8))
-                self.bundle.head.predict_proba(feats)
+                self.predictor.predict_pixels(np.zeros((n, pre.height, pre.width, 3), np.uint8))
         return time.perf_counter() - t0
 
     def start(self) -> None:
@@ -194,7 +192,7 @@ class InferenceService:
             raise Rejection(413, "too_many_pixels", f"the image is {w}x{h} = {w * h:,} pixels, over the limit of "
                                                     f"{self.max_pixels:,}")
         try:
-            pixels = self.extractor.decode(data)
+            pixels = self.predictor.decode(data)
         except ImageDecodeError as e:
             code = "empty_body" if "0 bytes" in e.reason else "corrupt_image"
             raise Rejection(400, code, f"the image cannot be decoded: {e.reason}") from None
@@ -219,7 +217,6 @@ class InferenceService:
         return self.submit(pixels).result(timeout)
 
     def _loop(self) -> None:
-        head = self.bundle.head
         while True:
             job = self._queue.get()
             if job is None:
@@ -239,15 +236,12 @@ class InferenceService:
                 continue
             t0 = time.perf_counter()
             try:
-                feats = self.extractor.features(np.stack([j.pixels for j in jobs]))
-                proba = head.predict_proba(feats)
+                preds = self.predictor.predict_pixels(np.stack([j.pixels for j in jobs]))
             except BaseException as e:  # noqa: BLE001 - handed to the waiting requests
                 for j in jobs:
                     j.future.set_exception(e)
                 continue
             t1 = time.perf_counter()
-            for j, p in zip(jobs, proba):
-                k = int(np.argmax(p))
-                j.future.set_result(Verdict(self.classes[k], float(p[k]),
-                                            {c: float(v) for c, v in zip(self.classes, p)},
-                                            (t1 - t0) * 1000, (t0 - j.enqueued) * 1000))
+            for j, p in zip(jobs, preds):
+                j.future.set_result(Verdict(p.label, float(p.score), p.probabilities, (t1 - t0) * 1000,
+                                            (t0 - j.enqueued) * 1000, dict(p.extra)))

@@ -8,15 +8,8 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from ..data.dataset import Skipped
-from ..data.decode import load_rgb
+from ..data.decode import load_rgb, to_grey  # noqa: F401 (to_grey re-exported)
 from ..errors import ImageDecodeError
-
-_GREY = np.array([0.299, 0.587, 0.114], dtype=np.float32)
-
-
-def to_grey(rgb: np.ndarray) -> np.ndarray:
-    """(..., H, W, 3) uint8 -> (..., H, W, 1) uint8 luminance."""
-    return np.clip(np.rint(rgb.astype(np.float32) @ _GREY), 0, 255).astype(np.uint8)[..., None]
 
 
 def decode_all(paths, size: tuple[int, int], resize: str = "squash", grey: bool = False,

@@ -6,6 +6,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..backbones.cut import BackboneCut
 from ..errors import BadInputError
 
 
@@ -37,7 +38,7 @@ class LabNet(nn.Module):
         return self.classifier(self.features(x / 127.5 - 1.0))
 
 
-class BackboneClassifier(nn.Module):
+class BackboneClassifier(BackboneCut):
     """A pretrained backbone cut at ``layer`` -> global average pooling -> dropout -> dense.
 
     ``stage('head')`` trains the head only (the backbone frozen, its batch-norm statistics fixed);
@@ -46,19 +47,15 @@ class BackboneClassifier(nn.Module):
 
     def __init__(self, model: nn.Module, layer: str, n_classes: int, mean, std, dropout: float = 0.2,
                  unfreeze: int = 2, probe_size: tuple[int, int] = (224, 224)):
-        super().__init__()
         from ..backbones.build import _candidate_layers
-        from ..features.torch_engine import _Truncated
 
         blocks = _candidate_layers(model)
         if layer not in blocks:
             raise BadInputError(f"layer {layer!r}: training cuts the backbone at one of {', '.join(blocks)}")
         upto = blocks[: blocks.index(layer) + 1]
         with_params = [b for b in upto if any(True for _ in model.get_submodule(b).parameters())]
+        super().__init__(model, layer, mean, std, "avg")
         self.top_blocks = with_params[-unfreeze:] if unfreeze > 0 else []
-        self.body = _Truncated(model, layer)
-        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1) * 255.0)
-        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1) * 255.0)
         with torch.no_grad():
             c = self.body.eval()(torch.zeros(1, 3, *probe_size)).shape[1]
         self.dropout = nn.Dropout(dropout)
@@ -92,11 +89,8 @@ class BackboneClassifier(nn.Module):
         return self
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
-        """Pooled backbone features (N, C) of (N, C, H, W) pixels in 0..255."""
-        if x.shape[1] == 1:
-            x = x.expand(-1, 3, -1, -1)
-        f = self.body((x - self.mean) / self.std)
-        return f.mean(dim=(2, 3)) if f.ndim == 4 else f
+        """Pooled backbone features (N, C) of (N, C, H, W) pixels in 0..255 (the cut's forward)."""
+        return BackboneCut.forward(self, x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc(self.dropout(self.features(x)))

@@ -13,14 +13,14 @@ from pathlib import Path
 
 import numpy as np
 
-from ..data.dataset import Skipped, collect_images, scan_folder
+from ..data.dataset import scan_folder
 from ..data.splits import check_class_sizes, repeated_splits
 from ..errors import BadInputError
 from ..evaluation.metrics import split_metrics, summarize
 from .config import TrainConfig
 from .data import decode_all
 from .models import build_network
-from .trainer import CL, fit, pick_device, predict_proba, seed_everything
+from .trainer import fit, pick_device, predict_proba, seed_everything
 
 WEIGHTS_DIR = "weights"
 
@@ -177,7 +177,7 @@ def evaluate_cnn(data, cfg: TrainConfig, splits: int = 10, test_size: float = 0.
                             for p in per],
         config=cfg.as_dict(), device=str(pick_device(cfg.device)),
     )
-    from ..heads.bundle import versions
+    from ..models.bundle import versions
 
     res["versions"] = versions()
     res["total_seconds"] = time.perf_counter() - t0
@@ -191,10 +191,13 @@ def evaluate_cnn(data, cfg: TrainConfig, splits: int = 10, test_size: float = 0.
     return res
 
 
-def train_cnn(data, out, cfg: TrainConfig, classes=None, ensemble: int | None = None, progress: bool = True) -> dict:
-    """Train on every image (validation carved from them, or k-fold members) and save a bundle in ``out``."""
+def train_cnn(data, out, cfg: TrainConfig, classes=None, ensemble: int | None = None, progress: bool = True,
+              extra_metrics: dict | None = None):
+    """Train on every image (validation carved from them, or k-fold members) and save a ``cnn`` bundle in
+    ``out``; returns the :class:`vinspect.models.bundle.Bundle`."""
     import torch
-    from safetensors.torch import save_file
+
+    from ..models.cnn import save_cnn_bundle
 
     out = Path(out)
     net_meta = resolve(cfg)
@@ -206,91 +209,33 @@ def train_cnn(data, out, cfg: TrainConfig, classes=None, ensemble: int | None = 
     work = out / "checkpoints"
     nets, fits, oof = train_members(cfg, net_meta, images, labels, len(ds.classes), ensemble, work=work,
                                     progress=progress, desc="train", fingerprint=fp)
-    (out / WEIGHTS_DIR).mkdir(parents=True, exist_ok=True)
-    files = []
-    for m, net in enumerate(nets):
-        f = f"{WEIGHTS_DIR}/member-{m}.safetensors"
-        save_file({k: v.detach().contiguous() for k, v in net.state_dict().items()}, str(out / f))
-        files.append(f)
     metrics: dict = {"train_accuracy": float((_ensemble_proba(nets, images).argmax(1) == labels).mean())}
     if oof is not None:
         metrics["out_of_fold_accuracy"] = float((oof.argmax(1) == labels).mean())
     last_val = [f["history"][-1].get("val_accuracy") for f in fits if f["history"]]
     if all(v is not None for v in last_val) and last_val:
         metrics["val_accuracy_last_epoch"] = [float(v) for v in last_val]
+    metrics.update(extra_metrics or {})
+    out.mkdir(parents=True, exist_ok=True)
     history = [f["history"] for f in fits]
     (out / "history.json").write_text(json.dumps(history if len(history) > 1 else history[0], indent=1) + "\n")
     _curves(fits[0]["history"], out / "training_curves.png",
             f"{cfg.method} ({net_meta.get('backbone', 'lab network')})" + (" member 1" if len(fits) > 1 else ""))
     from ..backbones.registry import get_spec
 
-    pre = ({"mean": [0.5] * 3, "std": [0.5] * 3} if net_meta["kind"] == "labnet"
-           else {"mean": list(get_spec(cfg.backbone).preprocessing.mean),
-                 "std": list(get_spec(cfg.backbone).preprocessing.std)})
-    meta = {
-        "method": cfg.method,
-        "classes": ds.classes,
-        "net": net_meta,
-        "preprocessing": {"input_size": net_meta["input_size"], "resize": net_meta["resize"], "grey": net_meta["grey"],
-                          "interpolation": net_meta["interpolation"], **pre},
-        "members": files,
-        "ensemble": len(files) if len(files) > 1 else None,
-        "hyperparameters": cfg.as_dict(),
-        "training": [{k: f[k] for k in ("best_epochs", "resumed_from", "train_seconds", "device", "n_train",
-                                        "n_val")} for f in fits],
-        "pretrained_weights": fits[0]["weights"],
-        "history_file": "history.json",
-        "metrics": metrics,
-        "backbone": net_meta.get("backbone", "labnet"),
-        "layer": net_meta.get("layer"),
-        "training_data": {"root": str(ds.root), "n_images": len(labels),
-                          "class_counts": {c: int((labels == i).sum()) for i, c in enumerate(ds.classes)},
-                          "skipped": [s.as_dict() for s in skipped]},
-        "torch_threads": torch.get_num_threads(),
-    }
-    from ..heads.bundle import save_bundle
-
-    save_bundle(out, None, meta)
+    if net_meta["kind"] == "labnet":
+        mean, std = [0.5] * 3, [0.5] * 3
+    else:
+        pre = get_spec(cfg.backbone).preprocessing
+        mean, std = list(pre.mean), list(pre.std)
+    config = {"method": cfg.method, "ensemble": len(nets) if len(nets) > 1 else None,
+              "hyperparameters": cfg.as_dict(), "history_file": "history.json",
+              "torch_threads": torch.get_num_threads()}
+    training = {"root": str(ds.root), "n_images": len(labels),
+                "class_counts": {c: int((labels == i).sum()) for i, c in enumerate(ds.classes)},
+                "skipped": [s.as_dict() for s in skipped], "pretrained_weights": fits[0]["weights"],
+                "runs": [{k: f[k] for k in ("best_epochs", "resumed_from", "train_seconds", "device", "n_train",
+                                            "n_val")} for f in fits]}
+    bundle = save_cnn_bundle(out, nets, ds.classes, net_meta, mean, std, config, metrics, training)
     shutil.rmtree(work, ignore_errors=True)
-    return meta
-
-
-def load_networks(bundle) -> list:
-    """The bundle's network(s), weights loaded, in eval mode (no pretrained weights needed)."""
-    from safetensors.torch import load_file
-
-    meta = bundle.meta
-    nets = []
-    for f in meta["members"]:
-        p = bundle.path / f
-        if not p.is_file():
-            raise BadInputError(f"{p}: missing weights file of the model")
-        net, _ = build_network(meta["net"], len(meta["classes"]), pretrained=False)
-        try:
-            net.load_state_dict(load_file(str(p)))
-        except Exception as e:  # noqa: BLE001 - a damaged or foreign file is bad input
-            raise BadInputError(f"{p}: does not fit the model described in model.json ({type(e).__name__})") from None
-        nets.append(net.eval().to(memory_format=CL))
-    return nets
-
-
-def predict_cnn(bundle, inputs: list, progress: bool = True, batch_size: int = 32) -> tuple[list[dict], list[Skipped]]:
-    """``[{path, label, probabilities}]`` with a CNN bundle (an ensemble averages its members' probabilities)."""
-    paths, skipped = collect_images(inputs)
-    if not paths:
-        raise BadInputError("no image files to predict (" + ", ".join(map(str, inputs)) + ")")
-    nets = load_networks(bundle)
-    pre = bundle.meta["preprocessing"]
-    classes = bundle.classes
-    rows: list[dict] = []
-    for s in range(0, len(paths), 256):  # bounded memory whatever the number of images
-        chunk = paths[s:s + 256]
-        images, ok, bad = decode_all(chunk, tuple(pre["input_size"]), pre["resize"], pre["grey"],
-                                     pre["interpolation"], progress=False)
-        skipped += bad
-        if len(ok):
-            proba = _ensemble_proba(nets, images, batch_size)
-            for i, p in zip(ok, proba):
-                rows.append({"path": str(chunk[i]), "label": classes[int(np.argmax(p))],
-                             "probabilities": {c: float(v) for c, v in zip(classes, p)}})
-    return rows, skipped
+    return bundle

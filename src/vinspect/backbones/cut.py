@@ -1,0 +1,77 @@
+"""The backbone cut: normalise -> run a backbone up to a layer -> pool.  One module used by everyone:
+the feature engines (``vinspect.features``), CNN training (``vinspect.training``) and the heatmaps
+(``vinspect.explain``), so the three can never disagree on what "the features of a layer" are.
+
+Input: float (N, C, H, W) pixels in 0..255 (one channel is replicated to three); normalisation is inside.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .pooling import pool
+
+
+class Truncated(nn.Module):
+    """Run the backbone only up to ``layer`` (FX graph pruned at that node; a forward hook as a fallback)."""
+
+    def __init__(self, model: nn.Module, layer: str):
+        super().__init__()
+        self.layer = layer
+        try:
+            from timm.models import create_feature_extractor
+
+            self.net = create_feature_extractor(model, return_nodes={layer: "out"})
+            self.fx = True
+        except Exception:  # noqa: BLE001 - architectures FX cannot trace fall back to a hook
+            self.net = model
+            self.fx = False
+
+    def forward(self, x):
+        if self.fx:
+            return self.net(x)["out"]
+        box = {}
+
+        class _Stop(Exception):
+            pass
+
+        def hook(_m, _i, out):
+            box["out"] = out
+            raise _Stop
+
+        h = dict(self.net.named_modules())[self.layer].register_forward_hook(hook)
+        try:
+            self.net(x)
+        except _Stop:
+            pass
+        finally:
+            h.remove()
+        return box["out"]
+
+
+class BackboneCut(nn.Module):
+    """normalise -> backbone up to ``layer`` -> ``pooling`` (avg, max, avgmax).
+
+    ``spatial(x)`` stops before the pooling (the layer's map, for heatmaps and patch features).
+    State-dict keys: ``body.*`` (the backbone), ``mean``, ``std`` (kept stable: bundles store them).
+    """
+
+    def __init__(self, model: nn.Module, layer: str, mean, std, pooling: str = "avg"):
+        super().__init__()
+        self.body = Truncated(model, layer)
+        self.pooling = pooling
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1) * 255.0)
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1) * 255.0)
+
+    @property
+    def layer(self) -> str:
+        return self.body.layer
+
+    def spatial(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[1] == 1:
+            x = x.expand(-1, 3, -1, -1)
+        return self.body((x - self.mean) / self.std)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return pool(self.spatial(x), self.pooling)
