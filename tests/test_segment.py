@@ -224,3 +224,30 @@ def test_metrics_on_known_masks():
     assert boundary_f1(a, a) == 1.0 and boundary_f1(a, np.zeros_like(a)) == 0.0
     shifted = np.roll(a, 1, axis=1)
     assert boundary_f1(a, shifted, tolerance=2) == 1.0 and boundary_f1(a, b, tolerance=1) < 0.8
+
+
+def test_wear_measure_with_a_segment_model(tiny_model, wear_tiny, tmp_path):
+    import csv
+
+    from vinspect.cli import main
+
+    out = tmp_path / "wear.csv"
+    assert main(["wear", "measure", str(tiny_model), str(wear_tiny / "images" / "high"), "--csv", str(out),
+                 "-q"]) == 0
+    rows = list(csv.DictReader(out.open()))
+    assert len(rows) == 2 and all(float(r["vb_max"]) >= 0 and r["breakage"] in ("True", "False") for r in rows)
+
+
+def test_export_onnx_gives_the_same_mask(tiny_model, wear_tiny, tmp_path):
+    import onnxruntime as ort
+
+    from vinspect.models import segment  # noqa: F401
+    from vinspect.models.predictor import load_predictor
+
+    pred = load_predictor(tiny_model)
+    path = pred.export_onnx(tmp_path / "seg.onnx")
+    imgs = np.stack([pred.decode(p) for p in sorted((wear_tiny / "images" / "medium").glob("*.png"))])
+    mask, proba = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"images": imgs})
+    ref = pred.proba(imgs)
+    assert proba.shape == ref.shape and np.abs(proba - ref).max() < 1e-3
+    assert (mask == (ref[:, 1] >= pred.threshold)).mean() > 0.999
