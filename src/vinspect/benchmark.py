@@ -1,5 +1,5 @@
-"""Inference speed, measured honestly: the naive loop of the course notebooks against the torch and onnx
-engines, on the same images, in one run (median of repetitions after a warm-up).
+"""Inference speed, measured honestly: the naive loop of the course notebooks against the torch, onnx and
+openvino engines (fp32, bf16, int8), on the same images, in one run (median of repetitions after a warm-up).
 
 The naive loop handles one image at a time: open with PIL, resize, normalise, one forward pass of batch 1.
 The engines stream: decoding in worker threads one batch ahead of the network, batched inference.
@@ -76,11 +76,21 @@ def _engine_run(extractor: Extractor, paths, progress, desc, keep: list | None =
     return n / (time.perf_counter() - t)
 
 
+def cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Row-wise cosine similarity of two feature matrices."""
+    na, nb = np.linalg.norm(a, axis=1), np.linalg.norm(b, axis=1)
+    return (a * b).sum(1) / np.maximum(na * nb, 1e-30)
+
+
 def parity(reference: np.ndarray, other: np.ndarray, labels=None) -> dict:
-    """How far ``other`` features are from ``reference``: max abs difference relative to the feature scale, and
-    (with labels) whether a logistic-regression head fitted on the reference gives the same labels on both."""
+    """How far ``other`` features are from ``reference``: max abs difference relative to the feature scale,
+    relative L2 error, row-wise cosine similarity (min, mean), and (with labels) whether a logistic-regression
+    head fitted on the reference gives the same labels on both."""
+    cos = cosine(reference, other)
     out = {"max_abs_diff": float(np.abs(reference - other).max()),
-           "max_abs_diff_relative": float(np.abs(reference - other).max() / np.abs(reference).max())}
+           "max_abs_diff_relative": float(np.abs(reference - other).max() / np.abs(reference).max()),
+           "relative_l2": float(np.linalg.norm(reference - other) / np.linalg.norm(reference)),
+           "cosine_min": float(cos.min()), "cosine_mean": float(cos.mean())}
     if labels is not None and len(set(labels)) > 1:
         from .heads.factory import make_head
 
@@ -117,8 +127,33 @@ def _latency(extractor: Extractor, paths, head=None, n: int = 60) -> dict:
             "latency_ms_p99": float(np.percentile(times, 99))}
 
 
+# benchmark rows: name -> (engine, precision)
+ROWS = {"torch": ("torch", None), "onnx": ("onnx", None), "openvino": ("openvino", "fp32"),
+        "openvino-bf16": ("openvino", "bf16"), "openvino-int8": ("openvino", "int8")}
+DEFAULT_ROWS = ("torch", "onnx", "openvino", "openvino-bf16", "openvino-int8")
+
+
+def _available_rows(engines) -> tuple[list[str], dict]:
+    """The rows that can run here, and a note for each left out (no OpenVINO, no native bf16)."""
+    from .features.openvino_engine import native_bf16, openvino_status
+
+    ok, why = openvino_status()
+    rows, notes = [], {}
+    for name in engines:
+        if name not in ROWS:
+            raise BadInputError(f"benchmark row {name!r}: use {', '.join(ROWS)}")
+        eng, prec = ROWS[name]
+        if eng == "openvino" and not ok:
+            notes[name] = why
+        elif prec == "bf16" and not native_bf16():
+            notes[name] = "this CPU has no native bf16 (avx512_bf16 or amx_bf16)"
+        else:
+            rows.append(name)
+    return rows, notes
+
+
 def run_benchmark(data, backbone: str = "efficientnet_lite0", layer: str | None = None, n: int | None = None,
-                  repeats: int = 3, naive_n: int = 200, batch_size: int = 32, engines=("torch", "onnx"),
+                  repeats: int = 3, naive_n: int = 200, batch_size: int = 32, engines=DEFAULT_ROWS,
                   quantize: bool = False, onnx_dir=None, progress: bool = True) -> dict:
     paths, _ = collect_images([data])
     if not paths:
@@ -127,16 +162,29 @@ def run_benchmark(data, backbone: str = "efficientnet_lite0", layer: str | None 
         paths = (paths * (n // len(paths) + 1))[:n]
     # spread over the classes rather than the first folder only
     naive_paths = paths[:: max(1, len(paths) // naive_n)][:naive_n]
+    from .features.extract import calibration_images, choose_engine
+    from .features.openvino_engine import cpu_flags
+    from .features.threads import inference_threads
+
+    rows, left_out = _available_rows(engines)
+    auto = choose_engine()
     report: dict = {"data": str(Path(data).resolve()), "n_images": len(paths), "backbone": backbone,
                     "repeats": repeats, "batch_size": batch_size, "cpu_model": cpu_model(),
-                    "cores": os.cpu_count(), "machine": platform.machine(), "engines": {}}
-    exs = {e: Extractor(backbone, layer, batch_size=batch_size, engine=e, onnx_dir=onnx_dir) for e in engines}
-    if quantize and "onnx" in engines:
-        ex8 = Extractor(backbone, layer, batch_size=batch_size, engine="onnx", quantize="int8", onnx_dir=onnx_dir)
-        from .features.extract import calibration_images
-
-        ex8.calibration = lambda: calibration_images(ex8, paths)
-        exs["onnx-int8"] = ex8
+                    "cpu_flags": cpu_flags(), "cores": os.cpu_count(), "threads": inference_threads(),
+                    "machine": platform.machine(),
+                    "auto": {"engine": auto[0], "precision": auto[1], "reason": auto[2]},
+                    "rows_left_out": left_out, "engines": {}}
+    exs = {}
+    for name in rows:
+        eng, prec = ROWS[name]
+        exs[name] = Extractor(backbone, layer, batch_size=batch_size, engine=eng, precision=prec,
+                              onnx_dir=onnx_dir)
+    if quantize and "onnx" in rows:
+        exs["onnx-int8"] = Extractor(backbone, layer, batch_size=batch_size, engine="onnx", quantize="int8",
+                                     onnx_dir=onnx_dir)
+    for ex in exs.values():
+        if ex.needs_calibration:
+            ex.calibration = (lambda e: lambda: calibration_images(e, paths))(ex)
     first = next(iter(exs.values()))
     report["layer"] = first.layer
     report["image_size"] = first.preprocessing.input_size
@@ -148,13 +196,17 @@ def run_benchmark(data, backbone: str = "efficientnet_lite0", layer: str | None 
     report["naive_images_per_second"] = med["images_per_second"]
     report["naive"] = {**med, "n_images": len(naive_paths), "runs": [r["images_per_second"] for r in rates]}
     features: dict[str, np.ndarray] = {}
+    runs: dict[str, list[float]] = {name: [] for name in exs}
+    for i in range(repeats):  # rounds over every engine: a change of load from other jobs hits all of them
+        for name, ex in exs.items():
+            kept: list | None = [] if i == 0 else None
+            runs[name].append(_engine_run(ex, paths, progress, f"{name} engine", kept))
+            if kept is not None:
+                features[name] = np.concatenate(kept)
     for name, ex in exs.items():
-        kept: list = []
-        runs = [_engine_run(ex, paths, progress, f"{name} engine", kept if i == 0 else None)
-                for i in range(repeats)]
-        features[name] = np.concatenate(kept)
-        rate = float(np.median(runs))
-        report["engines"][name] = {"images_per_second": rate, "runs": runs,
+        rate = float(np.median(runs[name]))
+        report["engines"][name] = {"engine": ex.engine_name, "precision": ex.precision,
+                                   "images_per_second": rate, "runs": runs[name],
                                    "speedup_vs_naive": rate / report["naive_images_per_second"],
                                    **_breakdown(ex, paths), **_latency(ex, paths)}
     if "torch" in features and len({len(f) for f in features.values()}) == 1:
@@ -192,7 +244,8 @@ def run_scaling(data, backbone: str = "efficientnet_lite0", count: int = 20000, 
 
 def benchmark_table(r: dict) -> str:
     lines = [f"{r['n_images']} images from {r['data']}, {r['backbone']}/{r['layer']} at {r['image_size']} px, "
-             f"{r['cpu_model']} ({r['cores']} cores); median of {r['repeats']} runs",
+             f"{r['cpu_model']} ({r['cores']} cores; {' '.join(r.get('cpu_flags', []))}); median of "
+             f"{r['repeats']} runs",
              f"{'':<18}{'images/s':>10}{'x naive':>9}{'decode ms':>11}{'model ms':>10}{'p50 ms':>9}{'p90 ms':>9}"]
     nv = r["naive"]
     lines.append(f"{'naive loop':<18}{nv['images_per_second']:>10.1f}{1.0:>9.1f}{nv['decode_ms_per_image']:>11.2f}"
@@ -204,7 +257,12 @@ def benchmark_table(r: dict) -> str:
     for name, pr in r.get("parity_vs_torch", {}).items():
         same = pr.get("labels_identical_fraction")
         lines.append(f"{name} vs torch on all {r['n_images']} images: max |diff| {pr['max_abs_diff_relative']:.1e} of the "
-                     f"feature scale" + ("" if same is None else f", identical labels {100 * same:.2f} %"))
+                     f"feature scale, relative L2 {pr['relative_l2']:.1e}, cosine min {pr['cosine_min']:.5f} mean "
+                     f"{pr['cosine_mean']:.5f}" + ("" if same is None else f", identical labels {100 * same:.2f} %"))
+    for name, why in r.get("rows_left_out", {}).items():
+        lines.append(f"{name}: not measured ({why})")
+    if r.get("auto"):
+        lines.append(f"--engine auto here: {r['auto']['engine']} {r['auto']['precision']} ({r['auto']['reason']})")
     lines.append(f"peak RSS {r['peak_rss_mb']:.0f} MB; decode ms: one thread; model ms: batches of "
                  f"{r['batch_size']}; p50/p90: one image through the Python API (decode + features)")
     return "\n".join(lines)

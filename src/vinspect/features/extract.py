@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from collections import deque
@@ -21,14 +22,101 @@ from .cache import FeatureCache, cache_key, default_cache_dir
 from ..backbones.pooling import POOLS
 
 
-ENGINES = ("torch", "onnx")  # the choices of every command's --engine
+ENGINES = ("auto", "torch", "onnx", "openvino")  # the choices of every command's --engine
 DEFAULT_ENGINE = "torch"
-PRECISIONS = (None, "fp32")  # --precision; None: the engine's own
+PRECISIONS = (None, "fp32", "bf16", "int8")  # --precision; None: the engine's own (auto: see choose_engine)
 QUANTIZE = (None, "int8")
+# Whether --engine auto may pick bf16 on a CPU with native bf16.  Off: on the default backbone and layer
+# (EfficientNet-Lite0, blocks.6) OpenVINO's bf16 moved the pooled features by 8 % (relative L2; cosine to
+# fp32 down to 0.98 on NEU images), which is not faithful; bf16 stays one option away (--precision bf16).
+AUTO_BF16 = False
+
+_log = logging.getLogger("vinspect.engine")
+_announced: set[str] = set()
 
 
 def _default_workers() -> int:
-    return max(1, min(4, os.cpu_count() or 1))
+    from .threads import decode_workers
+
+    return decode_workers()
+
+
+def _onnxruntime_status() -> tuple[bool, str]:
+    try:
+        import onnxruntime  # noqa: F401
+    except Exception as e:  # noqa: BLE001
+        return False, f"onnxruntime is not installed ({type(e).__name__}: {e})"
+    return True, "onnxruntime"
+
+
+def choose_engine(precision: str | None = None) -> tuple[str, str, str]:
+    """``--engine auto``: (engine, precision, reason).  The rule, the fastest engine installed whose precision
+    keeps the features faithful:
+
+    1. OpenVINO installed: openvino, fp32 (bf16 only where the CPU has avx512_bf16 or AMX *and* AUTO_BF16 is
+       on; it is off, see AUTO_BF16);
+    2. else onnxruntime installed: onnx (fp32);
+    3. else torch.
+
+    ``precision`` asks for one: int8 (openvino with NNCF, else onnxruntime's static quantisation), bf16
+    (openvino on a CPU with native bf16; otherwise fp32, saying why) or fp32.
+    """
+    from .openvino_engine import cpu_flags, native_bf16, openvino_status
+
+    flags = cpu_flags()
+    ov_ok, ov_why = openvino_status()
+    ort_ok, ort_why = _onnxruntime_status()
+    if ov_ok:
+        if precision == "int8":
+            return "openvino", "int8", f"auto: openvino int8 as asked ({ov_why}, NNCF post-training quantisation)"
+        bf16 = native_bf16(flags)
+        if precision == "bf16":
+            if bf16:
+                return "openvino", "bf16", f"auto: openvino bf16 as asked ({ov_why}; the CPU has native bf16)"
+            return "openvino", "fp32", (f"auto: openvino fp32, not bf16: this CPU has no bf16 instructions "
+                                        f"({' or '.join(('avx512_bf16', 'amx_bf16'))})")
+        if bf16 and AUTO_BF16:
+            return "openvino", "bf16", f"auto: openvino bf16 ({ov_why}; the CPU has native bf16)"
+        why = ("the CPU has native bf16, but bf16 moved the features by ~8 % so auto keeps fp32 (--precision bf16 "
+               "to choose it)" if bf16 else "the CPU has no native bf16")
+        return "openvino", "fp32", f"auto: openvino fp32 with {ov_why}; {why}"
+    if precision == "bf16":
+        raise BadInputError(f"--precision bf16 needs the openvino engine: {ov_why}")
+    if ort_ok:
+        return "onnx", (precision or "fp32"), f"auto: onnx {precision or 'fp32'}: {ov_why}"
+    if precision == "int8":
+        raise BadInputError(f"--precision int8 needs openvino or onnxruntime: {ov_why}; {ort_why}")
+    return "torch", "fp32", f"auto: torch: {ov_why}; {ort_why}"
+
+
+def resolve_engine(engine: str, precision: str | None, quantize: str | None) -> tuple[str, str, str]:
+    """The engine and precision that will run, and why (``--engine auto`` goes through :func:`choose_engine`)."""
+    if engine == "auto":
+        if quantize:  # --quantize int8 is onnxruntime's quantisation
+            return "onnx", "int8", "auto: onnx because --quantize int8 (onnxruntime's quantisation) was asked"
+        name, prec, reason = choose_engine(precision)
+        if reason not in _announced:  # said once per process; a fallback (no OpenVINO) is a warning
+            _announced.add(reason)
+            _log.log(logging.INFO if name == "openvino" else logging.WARNING, "vinspect: %s", reason)
+        return name, prec, reason
+    if engine == "torch":
+        if precision not in (None, "fp32"):
+            raise BadInputError(f"--precision {precision}: the torch engine runs fp32 (use --engine openvino)")
+        return "torch", "fp32", "asked: --engine torch"
+    if engine == "onnx":
+        if precision == "bf16":
+            raise BadInputError("--precision bf16: onnxruntime runs fp32 or int8 here (use --engine openvino)")
+        prec = "int8" if quantize or precision == "int8" else "fp32"
+        return "onnx", prec, "asked: --engine onnx"
+    from .openvino_engine import cpu_flags, native_bf16, openvino_status
+
+    ok, why = openvino_status()
+    if not ok:
+        raise BadInputError(f"--engine openvino: {why} (pip install openvino nncf)")
+    if precision == "bf16" and not native_bf16(cpu_flags()):
+        raise BadInputError("--precision bf16: this CPU has no bf16 instructions (avx512_bf16 or amx_bf16); "
+                            "OpenVINO would run it in fp32")
+    return "openvino", precision or "fp32", f"asked: --engine openvino ({why})"
 
 
 class Extractor:
@@ -40,7 +128,7 @@ class Extractor:
     def __init__(self, backbone: str = DEFAULT_BACKBONE, layer: str | None = None, pool: str = "avg",
                  image_size: int | None = None, resize: str = "squash", weights: str | Path | None = None,
                  random_init: bool = False, batch_size: int = 32, workers: int | None = None,
-                 device: str | None = None, engine: str = "torch", quantize: str | None = None,
+                 device: str | None = None, engine: str = DEFAULT_ENGINE, quantize: str | None = None,
                  onnx_dir: str | Path | None = None, calibration=None, onnx_file: str | Path | None = None,
                  precision: str | None = None):
         self.spec = get_spec(backbone)
@@ -61,12 +149,14 @@ class Extractor:
             raise BadInputError(f"--engine {engine!r}: use one of {', '.join(ENGINES)}")
         if precision not in PRECISIONS:
             raise BadInputError(f"--precision {precision!r}: use one of {', '.join(p for p in PRECISIONS if p)}")
-        self.precision = precision
         if quantize not in QUANTIZE:
             raise BadInputError(f"--quantize {quantize!r}: use int8")
-        if quantize and engine != "onnx":
-            raise BadInputError("--quantize int8 needs --engine onnx")
-        self.engine_name = engine
+        if quantize and engine not in ("onnx", "auto"):
+            raise BadInputError("--quantize int8 needs --engine onnx (or --precision int8 with any engine but torch)")
+        self.requested_engine = engine
+        self.engine_name, self.precision, self.engine_reason = resolve_engine(engine, precision, quantize)
+        if self.engine_name == "onnx" and self.precision == "int8":
+            quantize = "int8"  # onnxruntime's static quantisation
         self.quantize = quantize
         self.onnx_dir = Path(onnx_dir) if onnx_dir else None
         self.calibration = calibration  # callable -> uint8 images, used once to quantise
@@ -116,10 +206,29 @@ class Extractor:
 
     @property
     def onnx_path(self) -> Path:
+        """The ONNX export this engine runs (onnx) or converts (openvino: always the fp32 export)."""
         if self.onnx_file is not None:
             return self.onnx_file
         d = self.onnx_dir or (default_cache_dir() / "onnx")
-        return d / f"{cache_key(self.meta)}.onnx"
+        return d / f"{cache_key(self.meta if self.engine_name == 'onnx' else self._fp32_meta())}.onnx"
+
+    @property
+    def openvino_path(self) -> Path:
+        """``<cache>/openvino/<feature-cache key>.xml``: keyed like the features (weights, layer, pooling, input
+        size, precision)."""
+        d = (self.onnx_dir.parent if self.onnx_dir else default_cache_dir()) / "openvino"
+        return d / f"{cache_key(self.meta)}.xml"
+
+    @property
+    def needs_calibration(self) -> bool:
+        return self.precision == "int8"
+
+    def engine_info(self) -> dict:
+        """What results record about the engine: engine, precision, why, and the CPU flags that matter."""
+        from .openvino_engine import cpu_flags
+
+        return {"engine": self.engine_name, "precision": self.precision, "engine_reason": self.engine_reason,
+                "cpu_flags": cpu_flags()}
 
     @property
     def engine(self):
@@ -129,21 +238,38 @@ class Extractor:
 
                 self._engine = OnnxEngine(self.onnx_path, self.torch_net, self.preprocessing.input_size,
                                           quantize=self.quantize, calibration=self.calibration)
+            elif self.engine_name == "openvino":
+                from .onnx_engine import export_module
+                from .openvino_engine import OpenVinoEngine
+
+                def build_onnx():
+                    s = self.preprocessing.input_size
+                    export_module(self.torch_net(), np.zeros((2, s, s, 3), np.uint8), self.onnx_path)
+
+                self._engine = OpenVinoEngine(self.openvino_path, self.onnx_path, build_onnx, self.precision,
+                                              calibration=self.calibration)
             else:
                 from .torch_engine import TorchEngine
 
                 self._engine = TorchEngine(self._build(), self.layer, self.pool, self.preprocessing, self.device)
         return self._engine
 
+    def _fp32_meta(self) -> dict:
+        return {"backbone": self.backbone, "arch": self.spec.arch, "layer": self.layer, "pool": self.pool,
+                "preprocessing": self.preprocessing.as_dict(), "weights_sha256": self.weights_sha256,
+                "random_init": bool(self.random_init)}
+
     @property
     def meta(self) -> dict:
-        """The settings that determine the features (the cache key).  torch and fp32 onnx engines agree to
-        1e-5 and share a cache; int8 features differ and get their own."""
-        m = {"backbone": self.backbone, "arch": self.spec.arch, "layer": self.layer, "pool": self.pool,
-             "preprocessing": self.preprocessing.as_dict(), "weights_sha256": self.weights_sha256,
-             "random_init": bool(self.random_init)}
+        """The settings that determine the features (the cache key).  The fp32 engines (torch, onnx, openvino)
+        agree to about 1e-5 and share a cache; reduced precisions (onnx int8, openvino bf16 / int8) differ and
+        each get their own."""
+        m = self._fp32_meta()
         if self.quantize:
-            m["quantize"] = self.quantize
+            m["quantize"] = self.quantize  # onnxruntime int8 (key unchanged since it was introduced)
+        elif self.precision != "fp32":
+            m["precision"] = self.precision
+            m["engine"] = self.engine_name
         return m
 
     def decode(self, source) -> np.ndarray:
@@ -226,7 +352,7 @@ def extract(dataset: Dataset, extractor: Extractor | None = None, cache_dir: str
                 todo[k] = i
         n_hits = sum(1 for i, k in enumerate(keys) if k is not None and k not in todo)
         if todo:
-            if extractor.quantize and extractor.calibration is None:
+            if extractor.needs_calibration and extractor.calibration is None:
                 extractor.calibration = lambda: calibration_images(extractor, dataset.paths)
             _ = extractor.engine  # build the model outside the timed part
         t0 = time.perf_counter()

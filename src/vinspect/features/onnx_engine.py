@@ -20,8 +20,10 @@ from ..errors import BadInputError
 def session_options(threads: int | None = None):
     import onnxruntime as ort
 
+    from .threads import inference_threads
+
     so = ort.SessionOptions()
-    so.intra_op_num_threads = threads or (os.cpu_count() or 1)
+    so.intra_op_num_threads = threads or inference_threads()
     so.inter_op_num_threads = 1
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
