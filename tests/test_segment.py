@@ -155,7 +155,7 @@ def test_predictor_gives_mask_probability_and_regions(tiny_model, wear_tiny):
     assert p.map.shape == (64, 160) and p.map.dtype == np.float32 and 0 <= p.map.min() <= p.map.max() <= 1
     assert p.label in ("background", "defect") and isinstance(p.extra["regions"], list)
     for r in p.extra["regions"]:
-        x0, y0, x1, y1 = r["bbox"]
+        x0, _, x1, _ = r["bbox"]
         assert 0 <= x0 <= r["centroid"][0] <= x1 < 160 and r["area"] >= 1
     assert p.as_dict()["label"] == p.label
 

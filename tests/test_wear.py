@@ -47,7 +47,7 @@ def synthetic_insert(width: int, slope: float = 0.0, notch: tuple[int, int, int]
 @pytest.mark.parametrize("slope", [0.0, 0.05, -0.12])
 def test_vb_of_a_band_of_known_width_is_exact_to_one_pixel(width, slope):
     grey, band = synthetic_insert(width, slope)
-    wm, geo = measure(grey, band)
+    wm, _ = measure(grey, band)
     assert abs(wm.vb_max - width) <= 1.0 and abs(wm.vb_mean - width) <= 1.0
     assert abs(wm.worn_length - 140 * np.sqrt(1 + slope ** 2)) <= 3  # the band's length along the edge
     assert wm.area == band.sum() and not wm.breakage
@@ -70,8 +70,8 @@ def test_other_edge_sides_give_the_same_vb(side):
     wm0, _ = measure(grey, band)
     wm, _ = measure(np.ascontiguousarray(turn(grey)), np.ascontiguousarray(turn(band)), edge=side)
     assert wm.vb_max == pytest.approx(wm0.vb_max, abs=1e-6) and wm.area == wm0.area
-    x0, y0, x1, y1 = wm.vb_max_at
-    assert turn(band)[int(round(y1)), int(round(x1))]  # the VB max segment ends on the wear land
+    *_, x1, y1 = wm.vb_max_at
+    assert turn(band)[round(y1), round(x1)]  # the VB max segment ends on the wear land
 
 
 def test_breakage_flag_finds_a_notch_and_stray_regions_are_not_flank_wear():

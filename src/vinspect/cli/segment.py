@@ -4,11 +4,8 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 from pathlib import Path
-
-from ..errors import BadInputError
 
 EPILOG = "Exit codes: 0 success, 2 bad input or usage, 1 internal error."
 

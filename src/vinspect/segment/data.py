@@ -32,11 +32,12 @@ class SegData:
                 "mask_format": self.fmt.as_dict()}
 
 
-def scan(images_root: str | Path, masks_root: str | Path, fmt: MaskFormat = MaskFormat(),
+def scan(images_root: str | Path, masks_root: str | Path, fmt: MaskFormat | None = None,
          classes=None) -> SegData:
     """Images under ``images_root`` (class sub-folders, or a flat folder) and their masks (all must exist)."""
     from ..data.dataset import IMAGE_EXTENSIONS, scan_folder
 
+    fmt = fmt or MaskFormat()
     root = Path(images_root).expanduser()
     if not root.is_dir():
         raise BadInputError(f"{root}: no such directory")

@@ -46,7 +46,7 @@ class MaskFormat:
         return {"threshold": self.threshold, "classes": list(self.classes), "align": self.align}
 
     @classmethod
-    def from_dict(cls, d: dict) -> "MaskFormat":
+    def from_dict(cls, d: dict) -> MaskFormat:
         return cls(d.get("threshold"), tuple(d.get("classes") or ()), d.get("align", "exact"))
 
 

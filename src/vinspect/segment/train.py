@@ -63,7 +63,7 @@ class SegmentConfig:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict) -> "SegmentConfig":
+    def from_dict(cls, d: dict) -> SegmentConfig:
         return cls(**{k: v for k, v in d.items() if k in {f.name for f in fields(cls)}})
 
     def fingerprint(self, *extra) -> str:
@@ -110,7 +110,7 @@ def load_images(paths, pre, progress: bool = True) -> np.ndarray:
     (its mask would be left without an image)."""
     from ..training.data import decode_all
 
-    images, ok, skipped = decode_all(paths, pre.size_hw, pre.resize, False, pre.interpolation, progress=progress,
+    images, _, skipped = decode_all(paths, pre.size_hw, pre.resize, False, pre.interpolation, progress=progress,
                                      desc="decode")
     if skipped:
         raise BadInputError(f"{skipped[0].path}: {skipped[0].reason} ({len(skipped)} image(s) cannot be decoded)")

@@ -65,7 +65,7 @@ def insert_region(grey: np.ndarray, level: float | None = None) -> np.ndarray:
 
 
 def _otsu(g: np.ndarray) -> float:
-    hist, edges = np.histogram(g, bins=256, range=(0, 256))
+    hist, _ = np.histogram(g, bins=256, range=(0, 256))
     p = hist / max(hist.sum(), 1)
     w0 = np.cumsum(p)
     mu = np.cumsum(p * np.arange(256))

@@ -19,7 +19,7 @@ def draw_measure(image: np.ndarray, wm: WearMeasure, geo: dict, ax, title: str |
     if wm.vb_max_at is not None:
         a, b, c, d = wm.vb_max_at
         ax.plot([a, c], [b, d], "-", color="yellow", lw=2.0, label="VB max")
-    unit = lambda v, mm: f"{v:.1f} px" + (f" ({mm:.3f} mm)" if mm is not None else "")  # noqa: E731
+    unit = lambda v, mm: f"{v:.1f} px" + (f" ({mm:.3f} mm)" if mm is not None else "")
     s = wm.mm_per_px
     text = (f"VB max {unit(wm.vb_max, wm.vb_max * s if s else None)}, VB mean {unit(wm.vb_mean, wm.vb_mean * s if s else None)}"
             f"\nworn length {wm.worn_length:.0f} px, area {wm.area:.0f} px²" + (", BREAKAGE" if wm.breakage else ""))

@@ -12,7 +12,7 @@ def find_scale_bar(grey: np.ndarray, min_level: int = 230) -> tuple[int, tuple[i
 
     g = np.asarray(grey)
     h, w = g.shape
-    lab, n = ndi.label(g >= min_level)
+    lab, _ = ndi.label(g >= min_level)
     best = None
     for i, sl in enumerate(ndi.find_objects(lab), start=1):
         if sl is None:
