@@ -19,7 +19,7 @@ from vinspect.training.augment import PRESETS, AugmentConfig, parse_augment
 from vinspect.training.config import TrainConfig, parse_size
 from vinspect.training.data import ArrayDataset, decode_all
 from vinspect.training.models import LabNet, build_network
-from vinspect.training.run import carve_validation, resolve
+from vinspect.pipeline.cnn import carve_validation, resolve
 from vinspect.training.trainer import fit, predict_proba
 
 # ---------------------------------------------------------------- configuration and augmentation

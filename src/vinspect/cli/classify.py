@@ -9,7 +9,7 @@ from pathlib import Path
 
 from ..backbones.registry import DEFAULT_BACKBONE
 from ..errors import BadInputError
-from .common import add_engine, command, default_out, group, need, quiet, report_skipped
+from .common import add_engine, command, default_out, group, need, report_skipped
 
 COMMANDS = ("extract", "evaluate", "train", "compare")
 
@@ -209,7 +209,7 @@ def cmd_evaluate(args) -> int:
 
 
 def _evaluate_cnn(args, out: Path) -> int:
-    from ..training.run import evaluate_cnn
+    from ..pipeline.cnn import evaluate_cnn
 
     cfg = _train_config(args)
     res = evaluate_cnn(args.data, cfg, args.splits, args.test_size, args.seed, args.kfold, args.classes, out,
@@ -225,7 +225,7 @@ def _evaluate_cnn(args, out: Path) -> int:
 
 
 def _train_cnn(args) -> int:
-    from ..training.run import evaluate_cnn, train_cnn
+    from ..pipeline.cnn import evaluate_cnn, train_cnn
 
     cfg = _train_config(args)
     ensemble = args.ensemble or None

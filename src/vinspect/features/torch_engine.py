@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from torch import nn
 
 from ..backbones.build import LoadedBackbone, check_layer
 from ..backbones.registry import Preprocessing

@@ -96,10 +96,11 @@ class CNNPredictor(Predictor):
             def head(a):
                 return net.fc(pool(a, "avg"))
 
-        class Wrap(torch.nn.Module):  # plain modules around the callables, so Grad-CAM can hook them
-            def __init__(self, fn):
+        class Wrap(torch.nn.Module):  # modules around the callables (holding the network, so its parameters
+            def __init__(self, fn):  # are seen), for Grad-CAM to hook
                 super().__init__()
                 self.fn = fn
+                self.net = net
 
             def forward(self, x):
                 return self.fn(x)

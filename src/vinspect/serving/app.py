@@ -32,7 +32,7 @@ from .. import __version__
 from .db import (STATUS_OK, STATUS_REJECTED, Database, DuplicateRequest, iso, open_database, parse_time,
                  utcnow)
 from .heatmap import HeatmapMaker, HeatmapUnavailable
-from .inference import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, Busy, InferenceService, Rejection
+from .inference import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, Busy, InferenceService, Rejection, run_safely
 
 log = logging.getLogger("vinspect.serving")
 
@@ -611,8 +611,8 @@ def create_app(service: Service) -> FastAPI:
                                   headers={"Retry-After": "1"})
         svc._heatmap_pending += 1
         try:
-            png, info = await asyncio.wrap_future(svc._heatmap_pool.submit(svc.heatmaps.render, img["data"],
-                                                                            r["label"]))
+            png, info = await asyncio.wrap_future(svc._heatmap_pool.submit(run_safely, svc.heatmaps.render,
+                                                                            img["data"], r["label"]))
         except HeatmapUnavailable as e:
             return error_response(422, "heatmap_unavailable", str(e))
         finally:

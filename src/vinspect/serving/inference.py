@@ -85,6 +85,22 @@ def bundle_sha256(directory: Path, files) -> str:
     return h.hexdigest()
 
 
+def future_safe(e: BaseException) -> BaseException:
+    """An exception an asyncio-wrapped future can carry: a StopIteration would leave the awaiting request
+    hanging (asyncio refuses to set it), so it travels as a RuntimeError."""
+    if isinstance(e, StopIteration):
+        return RuntimeError(f"StopIteration in the model: {e!r}")
+    return e
+
+
+def run_safely(fn, *args):
+    """``fn(*args)`` for a thread pool whose futures are awaited by asyncio (see :func:`future_safe`)."""
+    try:
+        return fn(*args)
+    except StopIteration as e:
+        raise future_safe(e) from None
+
+
 class InferenceService:
     """A loaded predictor and the worker pools; thread-safe."""
 
@@ -239,7 +255,7 @@ class InferenceService:
                 preds = self.predictor.predict_pixels(np.stack([j.pixels for j in jobs]))
             except BaseException as e:  # noqa: BLE001 - handed to the waiting requests
                 for j in jobs:
-                    j.future.set_exception(e)
+                    j.future.set_exception(future_safe(e))
                 continue
             t1 = time.perf_counter()
             for j, p in zip(jobs, preds):

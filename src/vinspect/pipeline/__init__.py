@@ -1,4 +1,7 @@
-"""The lab pipeline as functions: extract, evaluate, train, predict, compare.
+"""The pipelines: the steps composed (data -> features/networks -> heads -> evaluation -> reporting -> bundles).
+
+This module: the lab pipeline as functions: extract, evaluate, train, predict, compare; :mod:`.cnn`: the same
+for trained CNNs (transfer, finetune, scratch).
 
 Each step is the composition of the modules below it (data -> features -> heads -> evaluation ->
 reporting); the CLI only parses options and prints what these return.
@@ -12,16 +15,15 @@ from pathlib import Path
 
 import numpy as np
 
-from .backbones.registry import get_spec
-from .data.dataset import Dataset, Skipped, scan_folder
-from .data.splits import check_class_sizes
-from .errors import BadInputError
-from .evaluation.protocol import evaluate_features
-from .features.extract import Extractor, FeatureSet, calibration_images, extract
-from .heads.factory import MIN_TRAIN_PER_CLASS, make_head
-from .models.bundle import versions
-from .reporting.plots import comparison_png, confusion_matrix_png
-from .reporting.results import write_results
+from ..data.dataset import Dataset, Skipped, scan_folder
+from ..data.splits import check_class_sizes
+from ..errors import BadInputError
+from ..evaluation.protocol import evaluate_features
+from ..features.extract import Extractor, FeatureSet, calibration_images, extract
+from ..heads.factory import MIN_TRAIN_PER_CLASS, make_head
+from ..models.bundle import versions
+from ..reporting.plots import comparison_png, confusion_matrix_png
+from ..reporting.results import write_results
 
 
 def load_dataset(data, classes=None, test_size: float | None = 0.3, kfold: int | None = None,
@@ -127,7 +129,7 @@ def train(data, out, extractor: Extractor | None = None, head: str = "logreg", c
         extractor.calibration = lambda: calibration_images(extractor, ds.paths)
     if extractor.quantize:
         _ = extractor.engine  # exported and quantised now if every feature came from the cache
-    from .models.head import save_head_bundle
+    from ..models.head import save_head_bundle
 
     training = {"classes": fs.classes, "root": str(ds.root), "n_images": len(fs.labels),
                 "class_counts": {c: int((fs.labels == i).sum()) for i, c in enumerate(fs.classes)},
@@ -140,7 +142,7 @@ def predict(model_dir, inputs: list, progress: bool = True, weights=None, batch_
             engine: str | None = None, on_result=None, **runtime) -> tuple[list[dict], list[Skipped]]:
     """Rows ``{path, label, ...}`` for every decodable image in ``inputs`` (files/folders), with a bundle of
     any task (classification rows carry ``probabilities``, anomaly rows a ``score`` ...)."""
-    from .models.predictor import load_predictor
+    from ..models.predictor import load_predictor
 
     predictor = load_predictor(model_dir, weights=weights, batch_size=batch_size, engine=engine, **runtime)
     return predictor.predict(inputs, progress=progress, on_result=on_result)

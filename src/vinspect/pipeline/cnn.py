@@ -17,10 +17,10 @@ from ..data.dataset import scan_folder
 from ..data.splits import check_class_sizes, repeated_splits
 from ..errors import BadInputError
 from ..evaluation.metrics import split_metrics, summarize
-from .config import TrainConfig
-from .data import decode_all
-from .models import build_network
-from .trainer import fit, pick_device, predict_proba, seed_everything
+from ..training.config import TrainConfig
+from ..training.data import decode_all
+from ..training.models import build_network
+from ..training.trainer import fit, pick_device, predict_proba, seed_everything
 
 WEIGHTS_DIR = "weights"
 
