@@ -29,6 +29,7 @@ demo: setup
 
 test: setup
 	bash scripts/ci-system-deps.sh
+	$(BIN)/lint-imports
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q
 
 bench: setup

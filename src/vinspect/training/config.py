@@ -6,6 +6,7 @@ import hashlib
 import json
 from dataclasses import asdict, dataclass, field, fields
 
+from ..backbones.registry import DEFAULT_BACKBONE
 from ..errors import BadInputError
 from .augment import AugmentConfig, parse_augment
 
@@ -50,7 +51,7 @@ def parse_size(value) -> tuple[int, int] | None:
 class TrainConfig:
     method: str = "transfer"
     # network
-    backbone: str = "efficientnet_lite0"
+    backbone: str = DEFAULT_BACKBONE
     layer: str | None = None  # where the backbone is cut (default: the backbone's default layer)
     weights: str | None = None
     input_size: tuple[int, int] | None = None  # (height, width); default: the backbone's (scratch: 128)
