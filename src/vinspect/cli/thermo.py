@@ -6,19 +6,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 from pathlib import Path
 
 from ..errors import BadInputError
-
-EPILOG = "Exit codes: 0 success, 2 bad input or usage, 1 internal error."
-
-
-def _quiet(args) -> bool:
-    q = bool(getattr(args, "quiet", False))
-    if q:
-        os.environ["TQDM_DISABLE"] = "1"
-    return q
+from .common import command, group
+from .common import quiet as _quiet
 
 
 def _positive(kind):
@@ -64,15 +56,10 @@ def add_parser(subparsers, parser_class=argparse.ArgumentParser):
     """Add ``thermo`` and its sub-commands to ``subparsers`` (an argparse sub-parser action)."""
     desc = ("Active (pulsed) infrared thermography: simulate plates with flat-bottom holes, process sequences "
             "(cold-image subtraction, TSR, PCT, PPT), detect defects and estimate their depth.")
-    tp = subparsers.add_parser("thermo", help="active thermography: simulate, analyze, evaluate, train, calibrate",
-                               description=desc, epilog=EPILOG)
-    tp.set_defaults(func=lambda args: _usage(tp))
-    sub = tp.add_subparsers(dest="thermo_command", metavar="SUBCOMMAND", parser_class=parser_class)
+    sub = group(subparsers, "thermo", "active thermography: simulate, analyze, evaluate, train, calibrate", desc)
 
-    def cmd(name, help_):
-        p = sub.add_parser(name, help=help_, description=help_, epilog=EPILOG)
-        p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
-        return p
+    def cmd(name, help_):  # func is set by each command below
+        return command(sub, name, help_, None, config=False, full_name=f"thermo {name}")
 
     # ---------------------------------------------------------------------------- simulate
     p = cmd("simulate", "simulate a pulsed-thermography sequence of a plate with flat-bottom holes, with its ground "
@@ -138,12 +125,6 @@ def add_parser(subparsers, parser_class=argparse.ArgumentParser):
     p.add_argument("files", nargs="*", metavar="FILE.h5")
     p.add_argument("--out", metavar="FILE.json", help="calibration file (required)")
     p.set_defaults(func=cmd_calibrate)
-    return tp
-
-
-def _usage(parser) -> int:
-    parser.print_help()
-    return 2
 
 
 def _add_method(p, default, allow_all=False):
