@@ -171,3 +171,22 @@ def test_random_init_only_when_asked(capsys, generated, tmp_path):
     assert code == 0, err
     res = json.loads((tmp_path / "r" / "results.json").read_text())
     assert res["weights_sha256"] is None and res["feature_dim"] == 256
+
+
+def test_classify_group_and_the_top_level_aliases_agree(capsys, generated, tmp_path):
+    """`vinspect classify evaluate` is `vinspect evaluate` (same results), and --config reaches the nested command."""
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("splits: 2\nhead: knn\n")
+    a, b = tmp_path / "a", tmp_path / "b"
+    assert run(capsys, "evaluate", generated, "--config", cfg, "--out", a, *FAST)[0] == 0
+    assert run(capsys, "classify", "evaluate", generated, "--config", cfg, "--out", b, *FAST)[0] == 0
+    ra, rb = (json.loads((d / "results.json").read_text()) for d in (a, b))
+    assert ra["splits"] == rb["splits"] == 2 and ra["head"] == rb["head"] == "knn"
+    assert ra["per_split"] == rb["per_split"] and ra["accuracy_mean"] == rb["accuracy_mean"]
+    code, _, err = run(capsys, "classify", "train", generated, *FAST)
+    assert code == 2 and "classify train: missing --out" in err
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("nonsense: 1\n")
+    code, _, err = run(capsys, "classify", "evaluate", generated, "--config", bad, *FAST)
+    assert code == 2 and "unknown option 'nonsense' for 'classify evaluate'" in err
+    assert run(capsys, "classify")[0] == 2
