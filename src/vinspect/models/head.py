@@ -179,11 +179,10 @@ class HeadPredictor(Predictor):
     def explain_pixels(self, pixels: np.ndarray, label: str | None = None):
         from ..explain.gradcam import ablation_cam, grad_cam
 
-        k = self.classes.index(label) if label is not None else None
         if label is not None and label not in self.classes:
             raise BadInputError(f"label {label!r} is not a class of the model")
         pred = self.predict_pixels(pixels[None])[0]
-        k = self.classes.index(pred.label) if k is None else k
+        k = self.classes.index(label or pred.label)
         net, lin, mode = self._cam_net()
         method, why = self.explain_method()
         if lin is not None:
