@@ -1,6 +1,6 @@
 """Load test of the inspection service on loopback: correctness under concurrency, throughput and latency.
 
-    python benchmarks/service_load.py [--engine torch|onnx] [--model DIR] [--out benchmarks/results]
+    python benchmarks/service_load.py [--engine auto|torch|onnx|openvino] [--model DIR] [--out benchmarks/results]
 
 1. Starts ``vinspect serve`` (``python -m vinspect serve``) on 127.0.0.1 with an SQLite log in a
    temporary folder.  Without ``--model`` it first trains a model (default backbone at its full input size,
@@ -104,9 +104,9 @@ def train_model(data: Path, per_class: int, out: Path) -> dict:
         for p in sorted(cls.glob("*.jpg"))[:per_class]:
             shutil.copy(p, sub / cls.name / p.name)
     t0 = time.perf_counter()
-    meta = train(sub, out, eval_splits=3, progress=False, cache_dir=out.parent / "cache")
-    return {"seconds": time.perf_counter() - t0, "n_images": meta["training_data"]["n_images"],
-            "accuracy_mean": meta["metrics"].get("accuracy_mean")}
+    bundle = train(sub, out, eval_splits=3, progress=False, cache_dir=out.parent / "cache")
+    return {"seconds": time.perf_counter() - t0, "n_images": bundle.training["n_images"],
+            "accuracy_mean": bundle.metrics.get("accuracy_mean")}
 
 
 def run_jobs(url: str, jobs: list, clients: int, deadline: float) -> tuple[list, float]:
@@ -160,7 +160,9 @@ def summarise(results, seconds) -> dict:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--engine", default="torch", choices=["torch", "onnx"])
+    from vinspect.features.extract import DEFAULT_ENGINE, ENGINES
+
+    ap.add_argument("--engine", default=DEFAULT_ENGINE, choices=list(ENGINES))
     ap.add_argument("--model", help="a model bundle (default: train one on --data)")
     ap.add_argument("--data", default=str(NEU), help="NEU-CLS folder (default: %(default)s)")
     ap.add_argument("--train-per-class", type=int, default=20)
@@ -198,8 +200,12 @@ def main() -> int:
             print(f"training a model on {args.train_per_class} NEU images per class ...", file=sys.stderr)
             report["training"] = train_model(data, args.train_per_class, model)
         meta = json.loads((model / "model.json").read_text())
-        report["model"] = {"backbone": meta["backbone"], "layer": meta["layer"], "head": meta["head"]["name"],
-                           "input_size": meta["preprocessing"]["input_size"], "classes": meta["classes"]}
+        b = meta["backbone"] if isinstance(meta.get("backbone"), dict) else {"name": meta["backbone"],
+                                                                             "layer": meta["layer"]}
+        head = meta.get("config", {}).get("head") or meta.get("head") or {}
+        pre = meta["preprocessing"]
+        report["model"] = {"backbone": b["name"], "layer": b["layer"], "head": head.get("name"),
+                           "input_size": pre.get("width") or pre.get("input_size"), "classes": meta["classes"]}
         port = free_port()
         url = f"http://127.0.0.1:{port}"
         cmd = [sys.executable, "-m", "vinspect", "serve", str(model), "--host", "127.0.0.1", "--port",
