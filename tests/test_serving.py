@@ -346,7 +346,7 @@ def test_concurrent_clients_each_request_logged_exactly_once(live, images):
             assert conn.exec_driver_sql("PRAGMA integrity_check").scalar() == "ok"
 
 
-def test_api_key_protects_the_write_endpoint(inference, model_dir, tmp_path, images):
+def test_api_key_protects_the_endpoints(inference, model_dir, tmp_path, images):
     svc = Service(model_dir, db=f"sqlite:///{tmp_path / 'k.sqlite3'}", inference=inference, api_key="s3cret")
     jpeg = images["crazing"][0].read_bytes()
     with LiveServer(create_app(svc)) as srv, httpx.Client(base_url=srv.url, timeout=30) as c:
@@ -359,9 +359,10 @@ def test_api_key_protects_the_write_endpoint(inference, model_dir, tmp_path, ima
         bearer = c.post("/v1/inspect", content=jpeg, headers={"Content-Type": "image/jpeg",
                                                               "Authorization": "Bearer s3cret"})
         assert bearer.status_code == 200
-        lst = c.get("/v1/inspections", params={"status": "all"}).json()  # reading needs no key
+        assert c.get("/v1/inspections").status_code == 401  # reading needs the key too
+        lst = c.get("/v1/inspections", params={"status": "all"}, headers={"X-API-Key": "s3cret"}).json()
         assert lst["total"] == 2  # unauthenticated attempts write nothing to the log
-        assert c.get("/v1/model").json()["api_key_required"] is True
+        assert c.get("/v1/model", headers={"X-API-Key": "s3cret"}).json()["api_key_required"] is True
 
 
 def test_unwritable_log_withholds_the_verdict(inference, model_dir, tmp_path, images, monkeypatch):

@@ -12,9 +12,14 @@ import os
 import sys
 
 from ..errors import BadInputError, VinspectError
-from ..serving.limits import DEFAULT_DB_FILE, DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS
+from ..serving.limits import (DEFAULT_DB_FILE, DEFAULT_DECODE_MEMORY, DEFAULT_HEADER_TIMEOUT_S,
+                              DEFAULT_LIMIT_CONCURRENCY, DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS,
+                              DEFAULT_REQUEST_TIMEOUT_S)
 
-EPILOG = "Exit codes: 0 success, 2 bad input or usage, 1 internal error."
+EPILOG = ("Exit codes: 0 success (serve: stopped with Ctrl-C or SIGTERM), 2 bad input or usage (serve: also a "
+          "model or database that cannot be used, a taken port), 1 internal error (serve: also a failure "
+          "while starting).")
+LOOPBACK = ("127.0.0.1", "::1", "localhost")
 API_KEY_ENV = "VINSPECT_API_KEY"
 DB_ENV = "VINSPECT_DB"
 
@@ -42,13 +47,29 @@ def add_parser(subparsers, parser_class=argparse.ArgumentParser) -> None:
                    help="feature extraction engine (default: %(default)s)")
     p.add_argument("--weights", metavar="PATH", help="backbone weights, if not where the model recorded them")
     p.add_argument("--api-key", metavar="KEY",
-                   help=f"require this key (X-API-Key header or Authorization: Bearer) on POST /v1/inspect "
-                        f"(default: ${API_KEY_ENV}; none: open)")
+                   help=f"require this key (X-API-Key header or Authorization: Bearer) on every endpoint but "
+                        f"/healthz and the page shell (default: ${API_KEY_ENV}; none: open; an empty key is "
+                        f"refused)")
+    p.add_argument("--metrics-public", action="store_true",
+                   help="serve /metrics without the API key (for a Prometheus scraper without the key)")
     g = p.add_argument_group("limits and workers")
     g.add_argument("--max-bytes", type=int, default=DEFAULT_MAX_BYTES,
                    help="largest image accepted, in bytes (default: %(default)s)")
     g.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
-                   help="largest image accepted, width x height (default: %(default)s; at most 100000000)")
+                   help="largest image accepted, width x height (default: %(default)s, an 8k line camera's "
+                        "2048-line frame; at most 100000000)")
+    g.add_argument("--decode-memory", type=int, default=DEFAULT_DECODE_MEMORY, metavar="BYTES",
+                   help="memory all image decodes in flight may take together, each decode's cost computed "
+                        "from width x height x bytes a pixel; one decode over it is refused with 413 "
+                        "(default: %(default)s)")
+    g.add_argument("--request-timeout", type=float, default=DEFAULT_REQUEST_TIMEOUT_S, metavar="S",
+                   help="deadline of decode + model for one request; then 503 with Retry-After "
+                        "(default: %(default)s)")
+    g.add_argument("--header-timeout", type=float, default=DEFAULT_HEADER_TIMEOUT_S, metavar="S",
+                   help="a connection that has not sent its request headers within this is closed "
+                        "(default: %(default)s)")
+    g.add_argument("--limit-concurrency", type=int, default=DEFAULT_LIMIT_CONCURRENCY, metavar="N",
+                   help="open connections and requests in flight; beyond, 503 (default: %(default)s)")
     g.add_argument("--workers", type=int, default=1, help="model worker threads (default: %(default)s)")
     g.add_argument("--max-batch", type=int, default=8,
                    help="most queued images one model run takes together (default: %(default)s)")
@@ -92,14 +113,26 @@ def _db_url(args) -> str | None:
 
 
 def cmd_serve(args) -> int:
+    import logging
+
     import uvicorn
 
     from ..serving.app import Service, create_app
+    from ..serving.server import uvicorn_config
 
     if not args.model:
         raise BadInputError("serve: missing MODEL_DIR")
     if not 0 <= args.port <= 65535:
         raise BadInputError(f"--port {args.port}: must be 0..65535")
+    api_key = args.api_key if args.api_key is not None else os.environ.get(API_KEY_ENV)
+    if api_key is not None and not api_key.strip():
+        raise BadInputError("--api-key (or $VINSPECT_API_KEY) is empty: give a real key, or none for an open "
+                            "service")
+    for name, v in (("--header-timeout", args.header_timeout), ("--request-timeout", args.request_timeout)):
+        if not v > 0:
+            raise BadInputError(f"{name} {v}: must be positive")
+    if args.limit_concurrency < 1:
+        raise BadInputError(f"--limit-concurrency {args.limit_concurrency}: must be at least 1")
     if args.threads is not None:
         if args.threads < 1:
             raise BadInputError(f"--threads {args.threads}: must be at least 1")
@@ -109,9 +142,16 @@ def cmd_serve(args) -> int:
     sock = _bind(args.host, args.port)  # before loading the model: a taken port fails at once
     try:
         service = Service(args.model, db=_db_url(args), engine=args.engine, weights=args.weights,
-                          api_key=args.api_key or os.environ.get(API_KEY_ENV) or None, max_bytes=args.max_bytes,
+                          api_key=api_key, max_bytes=args.max_bytes,
                           max_pixels=args.max_pixels, workers=args.workers, max_batch=args.max_batch,
-                          max_queue=args.max_queue, decode_workers=args.decode_workers, ok_classes=args.ok_class)
+                          max_queue=args.max_queue, decode_workers=args.decode_workers, ok_classes=args.ok_class,
+                          decode_memory=args.decode_memory, request_timeout_s=args.request_timeout,
+                          metrics_public=args.metrics_public)
+        try:
+            service.start()  # warm-up and workers now: a failure is one line and a documented exit code
+        except BaseException:
+            service.stop()
+            raise
     except BaseException:
         sock.close()
         raise
@@ -124,17 +164,26 @@ def cmd_serve(args) -> int:
               f"{', '.join(inf.classes)}), engine {inf.engine_name}, log {service.db.describe()}"
               + (", API key required" if service.api_key else ""), file=sys.stderr)
         print(f"vinspect serve: operator page {url}/  API docs {url}/docs", file=sys.stderr)
-    config = uvicorn.Config(app, log_level="warning" if args.quiet else "info", access_log=not args.quiet,
-                            timeout_graceful_shutdown=30, server_header=False)
+    if service.api_key is None and args.host not in LOOPBACK:
+        logging.getLogger("vinspect.serving").warning(
+            "serving on %s without an API key: anyone on the network can read the log and its images; "
+            "set --api-key or $%s", args.host, API_KEY_ENV)
+        print(f"vinspect serve: warning: bound to {args.host} (beyond this machine) without an API key: anyone "
+              f"who reaches it can read the inspection log and its images; set --api-key or ${API_KEY_ENV}",
+              file=sys.stderr)
+    config = uvicorn_config(app, header_timeout_s=args.header_timeout, limit_concurrency=args.limit_concurrency,
+                            log_level="warning" if args.quiet else "info", access_log=not args.quiet)
     server = uvicorn.Server(config)
     try:
         server.run(sockets=[sock])
     except KeyboardInterrupt:  # uvicorn re-raises Ctrl-C after its graceful shutdown: a clean stop
         pass
+    except SystemExit as e:  # uvicorn's own start-up failure (exit 3): mapped to the documented codes
+        service.stop()
+        raise VinspectError(f"the HTTP server failed to start (uvicorn exit {e.code}; see the log above)") \
+            from None
     finally:
         sock.close()
-    if service.started_at is None:
-        raise VinspectError("the service failed to start (see the log above)")
     return 0
 
 
@@ -159,6 +208,17 @@ def _bind(host: str, port: int):
 
 def _host_for_url(host: str) -> str:
     return "127.0.0.1" if host in ("0.0.0.0", "") else (f"[{host}]" if ":" in host else host)
+
+
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_safe(value):
+    """A text cell that a spreadsheet would run as a formula (it starts with = + - @, a tab or a carriage
+    return) gets a leading apostrophe (OWASP's CSV-injection advice); numbers stay numbers."""
+    if isinstance(value, str) and value.startswith(FORMULA_START):
+        return "'" + value
+    return value
 
 
 def cmd_export(args) -> int:
@@ -201,7 +261,7 @@ def cmd_export(args) -> int:
             for r in db.iter_all(**filters):
                 p = r["probabilities"] or {}
                 row = {**r, "created_at": iso(r["created_at"]), **{f"p_{c}": p.get(c) for c in classes}}
-                w.writerow(["" if row.get(c) is None else row.get(c) for c in cols])
+                w.writerow(["" if row.get(c) is None else csv_safe(row.get(c)) for c in cols])
                 n += 1
         finally:
             if out is not sys.stdout:

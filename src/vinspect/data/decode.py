@@ -35,13 +35,17 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     mode = img.mode
     if mode == "RGB":
         return img
-    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
-        a = np.asarray(img, dtype=np.float64)
-        if mode.startswith("I;16"):
-            a = a / 257.0  # full 16-bit range onto 0..255
-        else:  # 32-bit int or float: stretch its own range
-            lo, hi = np.nanmin(a), np.nanmax(a)
-            a = (a - lo) * (255.0 / (hi - lo)) if hi > lo else np.zeros_like(a)
+    if mode.startswith("I;16"):
+        # full 16-bit range onto 0..255: rint(v / 257) in integers (v / 257 never ends in .5), 4 bytes a pixel
+        # of working memory instead of the 16 of a float64 division
+        a = np.asarray(img, dtype=np.uint32)
+        a += 128
+        a //= 257
+        return Image.fromarray(a.astype(np.uint8), "L").convert("RGB")
+    if mode in ("I", "F"):
+        a = np.asarray(img, dtype=np.float64)  # 32-bit int or float: stretch its own range
+        lo, hi = np.nanmin(a), np.nanmax(a)
+        a = (a - lo) * (255.0 / (hi - lo)) if hi > lo else np.zeros_like(a)
         g = np.clip(np.rint(a), 0, 255).astype(np.uint8)
         return Image.fromarray(g, "L").convert("RGB")
     if mode in ("RGBA", "LA", "PA") or (mode == "P" and "transparency" in img.info):
@@ -49,6 +53,50 @@ def _to_rgb(img: Image.Image) -> Image.Image:
         bg = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return Image.alpha_composite(bg, rgba).convert("RGB")
     return img.convert("RGB")  # L, P, CMYK, YCbCr, 1, ...
+
+
+# -- bounded decoding -----------------------------------------------------------------------------------
+# Bytes a pixel that PIL holds for a decoded image of each mode (multi-band images are stored 4 bytes a pixel).
+_STORED_BYTES = {"1": 1, "L": 1, "P": 1, "I;16": 2, "I;16B": 2, "I;16L": 2, "I;16N": 2, "I": 4, "F": 4}
+# Working bytes a pixel on top of that, to reach 8-bit RGB: the RGB image (4) and its copy (4), plus the
+# integer (16-bit: 4 + 1 + 1) or float64 (32-bit: 8 + 8 + 1 + 1) conversion buffers.
+_EXTRA_BYTES = {"I;16": 6, "I;16B": 6, "I;16L": 6, "I;16N": 6, "I": 18, "F": 18}
+
+
+def jpeg_scale(width: int, height: int, min_size: int | None) -> int:
+    """The DCT scale denominator (1, 2, 4 or 8) a JPEG is decoded at when both sides must stay >= min_size."""
+    s = 1
+    if min_size:
+        while s < 8 and min(width, height) // (2 * s) >= min_size:
+            s *= 2
+    return s
+
+
+def decode_cost(width: int, height: int, mode: str, image_format: str | None = None,
+                min_size: int | None = None) -> int:
+    """Peak bytes of memory that decoding an image of this header to 8-bit RGB takes:
+    width x height x (bytes PIL stores a pixel of ``mode`` in + the working bytes of the conversion + 8 for
+    the RGB image and its copy), divided by the scale^2 of a reduced-size JPEG decode."""
+    per_pixel = _STORED_BYTES.get(mode, 4) + _EXTRA_BYTES.get(mode, 0) + 8
+    pixels = int(width) * int(height)
+    if (image_format or "").upper() in ("JPEG", "MPO") and min_size:
+        pixels //= jpeg_scale(width, height, min_size) ** 2
+    return pixels * per_pixel
+
+
+def read_header(data: bytes) -> tuple[int, int, str, str]:
+    """(width, height, mode, format) from the header alone (no pixel is decoded); ImageDecodeError if none."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the caller checks the pixel count
+            with Image.open(io.BytesIO(data)) as im:
+                return int(im.size[0]), int(im.size[1]), str(im.mode), str(im.format or "unknown")
+    except Image.DecompressionBombError as e:
+        raise ImageDecodeError("<bytes>", f"too many pixels (decompression bomb guard): {e}") from None
+    except UnidentifiedImageError:
+        raise ImageDecodeError("<bytes>", "not a recognised image format") from None
+    except (OSError, SyntaxError, ValueError, EOFError) as e:
+        raise ImageDecodeError("<bytes>", f"corrupt or truncated image header ({e})") from None
 
 
 _JPEG_CORRUPT = ("corrupt jpeg data", "premature end", "bogus", "invalid", "truncated", "extraneous")

@@ -4,12 +4,18 @@ One file per (backbone, weights sha256, layer, pooling, preprocessing); rows key
 image file's bytes, so an unchanged image is never recomputed, a changed one always is, and the same image
 in two datasets is computed once.  Rows are appended batch by batch and flushed: an interrupted run keeps
 what it wrote.  A file lock keeps two processes from writing the same cache at once.
+
+A damaged file (a hard kill during a write, a bad disk: h5py's "filter returned failure during read") is
+found when the cache is opened: every chunk is read once.  The rows that still read are copied into a fresh
+file, the damaged one is set aside as ``<name>.corrupt-<time>.h5`` with one warning, and the rows lost are
+simply missing, so the caller computes them again.  At most ``KEEP_CORRUPT`` set-aside files are kept.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import time
 from pathlib import Path
@@ -19,6 +25,8 @@ import numpy as np
 from filelock import FileLock
 
 KEY_DTYPE = "S64"
+KEEP_CORRUPT = 3  # set-aside damaged files kept per cache file (the oldest are deleted)
+_log = logging.getLogger("vinspect.cache")
 
 
 def default_cache_dir() -> Path:
@@ -54,12 +62,19 @@ class FeatureCache:
         self._lock.acquire()
         try:
             self._f = h5py.File(self.path, "a")
-        except OSError:
-            # a file broken by a hard kill during a write: keep it aside and start afresh
-            bad = self.path.with_suffix(f".corrupt-{int(time.time())}.h5")
-            self.path.rename(bad)
-            self.recovered_from = str(bad)
+            good = self._readable_rows()
+        except OSError as e:  # not even the header or the keys read: nothing to salvage
+            if self._f is not None:
+                try:
+                    self._f.close()
+                except Exception:  # noqa: BLE001 - closing a broken file
+                    pass
+                self._f = None
+            self._set_aside(f"unreadable ({str(e).splitlines()[0][:120]})", 0)
             self._f = h5py.File(self.path, "a")
+            good = None
+        if good is not None and not good["ok"]:
+            self._salvage(good)
         if "keys" in self._f:
             keys = self._f["keys"][:]
             n = int(self._f.attrs.get("n_rows", len(keys)))
@@ -68,6 +83,67 @@ class FeatureCache:
             for k, v in self.meta.items():
                 self._f.attrs[k] = json.dumps(v) if isinstance(v, (dict, list)) else ("" if v is None else v)
         return self
+
+    # -- damage -------------------------------------------------------------------------------------------
+
+    def _readable_rows(self) -> dict | None:
+        """Read every chunk once: {"ok": all readable, "rows": indices of the readable rows}; None if empty."""
+        f = self._f
+        if "keys" not in f:
+            return None
+        keys = f["keys"][:]  # small: read whole (an OSError here means nothing can be trusted)
+        n = int(f.attrs.get("n_rows", len(keys)))
+        if "features" not in f:
+            return {"ok": True, "ranges": [(0, min(n, len(keys)))]}
+        ds = f["features"]
+        n = min(n, len(keys), ds.shape[0])
+        step = ds.chunks[0] if ds.chunks else 256
+        ranges, ok = [], True
+        for start in range(0, n, step):
+            stop = min(start + step, n)
+            try:
+                ds[start:stop]
+                ranges.append((start, stop))
+            except OSError:
+                ok = False
+        return {"ok": ok, "ranges": ranges}
+
+    def _set_aside(self, why: str, kept: int) -> Path:
+        stamp = f"{time.strftime('%Y%m%dT%H%M%S')}-{time.time_ns() % 10**9:09d}-{os.getpid()}"
+        bad = self.path.with_name(f"{self.path.stem}.corrupt-{stamp}.h5")
+        self.path.rename(bad)
+        self.recovered_from = str(bad)
+        old = sorted(self.path.parent.glob(f"{self.path.stem}.corrupt-*.h5"), key=lambda q: q.stat().st_mtime)
+        for q in old[:-KEEP_CORRUPT]:
+            q.unlink(missing_ok=True)
+        _log.warning("feature cache %s is damaged (%s): set aside as %s; %d readable rows kept, the others "
+                     "are computed again", self.path, why, bad.name, kept)
+        return bad
+
+    def _salvage(self, good: dict) -> None:
+        """Copy the readable rows into a fresh file and set the damaged one aside."""
+        f = self._f
+        ranges = good["ranges"]
+        rows = np.concatenate([np.arange(a, b) for a, b in ranges]) if ranges else np.zeros(0, np.int64)
+        tmp = self.path.with_name(self.path.name + ".salvage")
+        with h5py.File(tmp, "w") as out:
+            for k, v in f.attrs.items():
+                out.attrs[k] = v
+            src, keys = f["features"], f["keys"][:]
+            d = src.shape[1]
+            feats = out.create_dataset("features", shape=(len(rows), d), maxshape=(None, d), dtype="float32",
+                                       chunks=src.chunks, compression="gzip", compression_opts=4, shuffle=True)
+            out.create_dataset("keys", data=keys[rows], maxshape=(None,), dtype=KEY_DTYPE, chunks=(1024,))
+            at = 0
+            for a, b in ranges:  # chunk by chunk: only the readable ones
+                feats[at:at + b - a] = src[a:b]
+                at += b - a
+            out.attrs["n_rows"] = len(rows)
+        f.close()
+        self._f = None
+        self._set_aside("unreadable feature chunks", len(rows))
+        os.replace(tmp, self.path)
+        self._f = h5py.File(self.path, "a")
 
     def __exit__(self, *exc) -> None:
         if self._f is not None:

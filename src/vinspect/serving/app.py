@@ -9,16 +9,17 @@ is sent; every refused one is logged as rejected (with the reason) and answered 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import hmac
-import io
 import logging
+import re
 import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, Literal
 
-from fastapi import FastAPI, Header, Query, Request
+from fastapi import FastAPI, Header, Path as PathParam, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
@@ -29,10 +30,12 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
 from .. import __version__
+from ..errors import BadInputError
 from .db import (STATUS_OK, STATUS_REJECTED, Database, DuplicateRequest, iso, open_database, parse_time,
                  utcnow)
 from .heatmap import HeatmapMaker, HeatmapUnavailable
 from .inference import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, Busy, InferenceService, Rejection, run_safely
+from .limits import DEFAULT_DECODE_MEMORY, DEFAULT_REQUEST_TIMEOUT_S
 
 log = logging.getLogger("vinspect.serving")
 
@@ -40,6 +43,16 @@ STATIC = Path(__file__).resolve().parent / "static"
 MULTIPART_OVERHEAD = 64 * 1024
 RAW_TYPES = ("image/", "application/octet-stream")
 FIELD_MAX = 200
+ID_MAX = 2**63 - 1  # the largest id the log's 64-bit integer column holds
+OFFSET_MAX = 1_000_000_000
+# since/until: ISO 8601 date or time (UTC if no offset) or a relative time before now
+TIME_PATTERN = (r"^(\d{1,9}\s*[smhdw]|\d{4}-\d{2}-\d{2}([T ]\d{2}(:\d{2}(:\d{2}(\.\d{1,6})?)?)?"
+                r"([Zz]|[+-]\d{2}:?\d{2})?)?)$")
+TIME_DOC = ("ISO 8601 date or time (UTC if no offset: 2025-03-01, 2025-03-01T08:00:00Z, ...+02:00) or a time "
+            "before now (30m, 12h, 7d, 2w)")
+# paths that need no API key: the liveness probe, and the operator page's shell (HTML/JS/CSS, no data)
+OPEN_PATHS = ("/healthz", "/", "/favicon.ico")
+OPEN_PREFIXES = ("/static/",)
 
 
 # -- response models (the OpenAPI page documents them) --------------------------------------------------
@@ -110,12 +123,20 @@ class Stats(BaseModel):
     by_label: dict[str, int]
 
 
+ERR401 = {401: {"model": ErrorOut, "description": "missing or wrong API key (when the service has one)"}}
+ERR422 = {422: {"model": ErrorOut, "description": "a parameter out of its range or not of its form"}}
 ERRORS: dict[int | str, dict[str, Any]] = {
-    400: {"model": ErrorOut, "description": "empty, undecodable or truncated image; bad multipart body"},
-    401: {"model": ErrorOut, "description": "missing or wrong API key"},
-    413: {"model": ErrorOut, "description": "image over the byte or pixel limit"},
+    400: {"model": ErrorOut, "description": "empty, undecodable, truncated or degenerate image; bad multipart "
+                                            "body or field"},
+    **ERR401,
+    408: {"model": ErrorOut, "description": "the body did not arrive within the body timeout"},
+    409: {"model": ErrorOut, "description": "the X-Request-Id is logged with another image"},
+    413: {"model": ErrorOut, "description": "image over the byte, pixel or decode-memory limit"},
     415: {"model": ErrorOut, "description": "content type other than an image or multipart/form-data"},
-    503: {"model": ErrorOut, "description": "the model queue is full; retry"},
+    **ERR422,
+    500: {"model": ErrorOut, "description": "the model failed on this image (logged as rejected)"},
+    503: {"model": ErrorOut, "description": "the model queue is full, the request passed its deadline, or the "
+                                            "log cannot be written; retry after Retry-After seconds"},
 }
 
 
@@ -193,15 +214,23 @@ class Service:
                  api_key: str | None = None, max_bytes: int = DEFAULT_MAX_BYTES,
                  max_pixels: int = DEFAULT_MAX_PIXELS, workers: int = 1, max_batch: int = 8, max_queue: int = 64,
                  decode_workers: int = 2, ok_classes: list[str] | None = None, body_timeout_s: float = 30.0,
-                 heatmap_queue: int = 4, inference: InferenceService | None = None):
+                 heatmap_queue: int = 4, inference: InferenceService | None = None,
+                 decode_memory: int = DEFAULT_DECODE_MEMORY, request_timeout_s: float = DEFAULT_REQUEST_TIMEOUT_S,
+                 metrics_public: bool = False):
+        if api_key is not None and not str(api_key).strip():
+            raise BadInputError("--api-key: the key is empty; give a real key (or none for an open service)")
+        if not request_timeout_s > 0 or not body_timeout_s > 0:
+            raise BadInputError("--request-timeout and the body timeout must be positive")
         self.inference = inference or InferenceService(
             model_dir, engine=engine, weights=weights, workers=workers, max_batch=max_batch, max_queue=max_queue,
-            decode_workers=decode_workers, max_bytes=max_bytes, max_pixels=max_pixels)
+            decode_workers=decode_workers, max_bytes=max_bytes, max_pixels=max_pixels, decode_memory=decode_memory)
         self._owns_inference = inference is None  # a shared one (tests) is started and stopped by its owner
         self.ok_classes = self.inference.ok_classes(ok_classes)
         self.db = db if isinstance(db, Database) else open_database(db)
         self.api_key = api_key or None
+        self.metrics_public = bool(metrics_public)
         self.body_timeout_s = float(body_timeout_s)
+        self.request_timeout_s = float(request_timeout_s)
         self.heatmaps = HeatmapMaker(self.inference)
         self._heatmap_pool = ThreadPoolExecutor(1, thread_name_prefix="vinspect-heatmap")
         self._heatmap_pending = 0
@@ -253,7 +282,7 @@ class Service:
         b = inf.bundle
         d = inf.predictor.describe()
         bb = b.backbone or {}
-        return {
+        out = {
             **inf.model_info, "task": b.task, "kind": b.kind, "classes": inf.classes, "ok_classes": self.ok_classes,
             "damaged_classes": [c for c in inf.classes if c not in self.ok_classes],
             "backbone": bb.get("name"), "arch": bb.get("arch"), "layer": bb.get("layer"), "pool": bb.get("pool"),
@@ -264,10 +293,12 @@ class Service:
             "created_at": b.created_at, "engine": d.get("engine", inf.engine_name),
             "heatmap": {"method": self.heatmaps.method, "why": self.heatmaps.reason},
             "limits": {"max_bytes": inf.max_bytes, "max_pixels": inf.max_pixels, "max_batch": inf.max_batch,
-                       "workers": inf.n_workers},
+                       "workers": inf.n_workers, "decode_memory": inf.decode_budget.total,
+                       "request_timeout_s": self.request_timeout_s},
             "api_key_required": self.api_key is not None,
             "vinspect": __version__,
         }
+        return without_local_paths(out)
 
     def _row(self, **kw) -> dict:
         inf = self.inference
@@ -277,9 +308,7 @@ class Service:
         return row
 
     async def log_rejection(self, rej: Rejection, request: Request, fields: dict, data: bytes | None,
-                            declared: int | None = None) -> JSONResponse:
-        import hashlib
-
+                            declared: int | None = None, sha256: str | None = None) -> JSONResponse:
         self.metrics.inspections.labels("", str(rej.status)).inc()
         self.metrics.rejections.labels(rej.code).inc()
         row = self._row(status=STATUS_REJECTED, http_status=rej.status, error_code=rej.code,
@@ -288,7 +317,7 @@ class Service:
                         request_id=fields.get("request_id"), content_type=fields.get("content_type"),
                         filename=fields.get("filename"), client=_client(request),
                         image_bytes=len(data) if data is not None else declared,
-                        image_sha256=hashlib.sha256(data).hexdigest() if data is not None else None)
+                        image_sha256=sha256 or (await run_in_threadpool(_sha256, data) if data is not None else None))
         new_id = None
         try:
             new_id = await run_in_threadpool(self.db.insert, row)
@@ -296,6 +325,23 @@ class Service:
             log.exception("could not log a rejected request")
         headers = {"Retry-After": "1"} if rej.status == 503 else None
         return error_response(rej.status, rej.code, rej.message, new_id, headers)
+
+
+_LOCAL_PATH = re.compile(r"^(~|/|\\\\|[A-Za-z]:[\\/])")
+
+
+def without_local_paths(obj):
+    """``obj`` without the values that are local file paths (the service publishes none)."""
+    if isinstance(obj, dict):
+        return {k: without_local_paths(v) for k, v in obj.items()
+                if not (isinstance(v, str) and _LOCAL_PATH.match(v))}
+    if isinstance(obj, (list, tuple)):
+        return [without_local_paths(v) for v in obj if not (isinstance(v, str) and _LOCAL_PATH.match(v))]
+    return obj
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
 
 
 def _client(request: Request) -> str | None:
@@ -339,14 +385,55 @@ def _check_field(name: str, value):
     return value or None
 
 
-def _authorised(service: Service, request: Request) -> bool:
-    if service.api_key is None:
+def _authorised(api_key: str | None, headers, method: str) -> bool:
+    """The key in X-API-Key, Authorization: Bearer, or (reads only: images in the operator page) the
+    SameSite=Strict cookie ``vinspect_key``."""
+    if api_key is None:
         return True
-    given = request.headers.get("x-api-key")
-    auth = request.headers.get("authorization", "")
+    given = headers.get("x-api-key")
+    auth = headers.get("authorization", "")
     if given is None and auth.lower().startswith("bearer "):
         given = auth[7:].strip()
-    return given is not None and hmac.compare_digest(given.encode(), service.api_key.encode())
+    if given is None and method in ("GET", "HEAD"):
+        from http.cookies import SimpleCookie
+        from urllib.parse import unquote
+
+        try:
+            c = SimpleCookie(headers.get("cookie", "")).get("vinspect_key")
+        except Exception:  # noqa: BLE001 - an unparseable cookie is no key
+            c = None
+        given = unquote(c.value) if c is not None and c.value else None
+    return given is not None and hmac.compare_digest(given.encode("utf-8", "replace"),
+                                                     api_key.encode("utf-8", "replace"))
+
+
+class _KeyMiddleware:
+    """With an API key, every path needs it but /healthz, the page shell and (``metrics_public``) /metrics."""
+
+    def __init__(self, app, service: Service):
+        self.app = app
+        self.service = service
+
+    async def __call__(self, scope, receive, send):
+        svc = self.service
+        if scope["type"] != "http" or svc.api_key is None:
+            await self.app(scope, receive, send)
+            return
+        path = scope.get("path", "")
+        if path in OPEN_PATHS or path.startswith(OPEN_PREFIXES) or (path == "/metrics" and svc.metrics_public):
+            await self.app(scope, receive, send)
+            return
+        from starlette.datastructures import Headers
+
+        if _authorised(svc.api_key, Headers(scope=scope), scope.get("method", "")):
+            await self.app(scope, receive, send)
+            return
+        if path == "/v1/inspect":
+            svc.metrics.inspections.labels("", "401").inc()
+        svc.metrics.rejections.labels("unauthorized").inc()
+        resp = error_response(401, "unauthorized", "missing or wrong API key (X-API-Key header or "
+                              "Authorization: Bearer)", headers={"WWW-Authenticate": "Bearer"})
+        await resp(scope, receive, send)
 
 
 # -- the application ------------------------------------------------------------------------------------
@@ -364,6 +451,7 @@ def create_app(service: Service) -> FastAPI:
                   description="Verdicts of a vinspect model on camera images, the inspection log, heatmaps. "
                               "Errors are JSON: `{error, detail, id}`. The operator page is at `/`.")
     app.state.service = service
+    app.add_middleware(_KeyMiddleware, service=service)  # inside the metrics one: refusals are counted
     app.add_middleware(_MetricsMiddleware, metrics=service.metrics)
 
     @app.exception_handler(StarletteHTTPException)
@@ -409,24 +497,17 @@ def create_app(service: Service) -> FastAPI:
                                                      "(or Authorization: Bearer KEY)")):
         svc = service
         inf = svc.inference
-        if not _authorised(svc, request):
-            svc.metrics.inspections.labels("", "401").inc()
-            svc.metrics.rejections.labels("unauthorized").inc()
-            return error_response(401, "unauthorized", "missing or wrong API key (X-API-Key header or "
-                                  "Authorization: Bearer)", headers={"WWW-Authenticate": "Bearer"})
         ct_full = request.headers.get("content-type", "")
         ct = ct_full.split(";")[0].strip().lower()
         fields: dict[str, Any] = {"content_type": ct_full[:200] or None}
         data: bytes | None = None
+        body: bytes | None = None
+        sha: str | None = None
         declared = None
         try:
             fields["part_id"] = _check_field("part_id", part_id)
             fields["station"] = _check_field("station", station)
             fields["request_id"] = _check_field("X-Request-Id", x_request_id)
-            if ct != "multipart/form-data" and not _content_type_ok(ct):
-                raise Rejection(415, "unsupported_media_type",
-                                f"content type {ct!r} is not an image: send image/* or application/octet-stream "
-                                f"bytes, or multipart/form-data with a 'file' field")
             limit = inf.max_bytes + (MULTIPART_OVERHEAD if ct == "multipart/form-data" else 0)
             cl = request.headers.get("content-length")
             if cl is not None and cl.isdigit():
@@ -439,27 +520,36 @@ def create_app(service: Service) -> FastAPI:
             except asyncio.TimeoutError:
                 raise Rejection(408, "body_timeout", f"the body did not arrive within {svc.body_timeout_s:g} s") \
                     from None
+            if ct != "multipart/form-data" and not _content_type_ok(ct):
+                raise Rejection(415, "unsupported_media_type",
+                                f"content type {ct!r} is not an image: send image/* or application/octet-stream "
+                                f"bytes, or multipart/form-data with a 'file' field")
             if ct == "multipart/form-data":
                 data = await _parse_multipart(request, body, fields)
             else:
                 data = body
+            sha = await run_in_threadpool(_sha256, data)
             if fields.get("request_id"):
                 existing = await run_in_threadpool(svc.db.find_request, fields["request_id"])
                 if existing is not None:
-                    return JSONResponse(svc.record_json(existing), headers={"X-Idempotent-Replay": "true"})
+                    return _replay(existing, sha)
             t0 = time.perf_counter()
-            prepared = await asyncio.wrap_future(inf.prepare_async(data))
             try:
-                fut = inf.submit(prepared.pixels)
-            except Busy as e:
-                raise Rejection(503, "busy", f"the model is busy ({e}); retry shortly") from None
-            verdict = await asyncio.wrap_future(fut)
+                prepared, verdict = await asyncio.wait_for(_verdict(data), svc.request_timeout_s)
+            except asyncio.TimeoutError:
+                raise Rejection(503, "deadline", f"no verdict within the request deadline of "
+                                                 f"{svc.request_timeout_s:g} s; retry shortly") from None
             latency_ms = (time.perf_counter() - t0) * 1000
         except Rejection as rej:
-            return await svc.log_rejection(rej, request, fields, data, declared)
+            return await svc.log_rejection(rej, request, fields, data if data is not None else body, declared,
+                                           sha if data is not None else None)
         except ClientDisconnect:
             svc.metrics.rejections.labels("client_disconnected").inc()
             return Response(status_code=400)  # nobody is listening any more
+        except Exception as e:  # noqa: BLE001 - the model failed: answered, logged, and the service goes on
+            log.exception("the model failed on an image")
+            return await svc.log_rejection(Rejection(500, "model_error", f"the model failed on this image "
+                                                     f"({type(e).__name__})"), request, fields, data, declared, sha)
         row = svc._row(status=STATUS_OK, http_status=200, label=verdict.label, score=verdict.score,
                        probabilities=verdict.probabilities, part_id=fields.get("part_id"),
                        station=fields.get("station"), request_id=fields.get("request_id"),
@@ -470,7 +560,9 @@ def create_app(service: Service) -> FastAPI:
         try:
             new_id = await run_in_threadpool(svc.db.insert, row, data, prepared.media_type)
         except DuplicateRequest as d:  # a concurrent retry with the same request id won the race
-            return JSONResponse(svc.record_json(d.existing), headers={"X-Idempotent-Replay": "true"})
+            if d.existing.get("image_sha256") != prepared.sha256:
+                return await svc.log_rejection(_conflict(d.existing), request, fields, data, declared, sha)
+            return _replay(d.existing, sha)
         except SQLAlchemyError as e:  # no verdict leaves the service unlogged
             log.error("inspection log unavailable: %s", e)
             svc.metrics.inspections.labels("", "503").inc()
@@ -483,6 +575,28 @@ def create_app(service: Service) -> FastAPI:
         svc.metrics.model_time.observe(verdict.model_ms / 1000)
         row["id"] = new_id
         return JSONResponse(svc.record_json(row))
+
+    async def _verdict(data: bytes):
+        """Decode (bounded pool and memory) and run the model; cancelled when the request's deadline passes
+        (a job still waiting for the decoder or the model is then dropped)."""
+        inf = service.inference
+        prepared = await asyncio.wrap_future(inf.prepare_async(data, service.request_timeout_s))
+        try:
+            fut = inf.submit(prepared.pixels)
+        except Busy as e:
+            raise Rejection(503, "busy", f"the model is busy ({e}); retry shortly") from None
+        return prepared, await asyncio.wrap_future(fut)
+
+    def _conflict(existing: dict) -> Rejection:
+        return Rejection(409, "request_id_conflict", f"X-Request-Id {existing['request_id']!r} is logged as "
+                                                     f"inspection {existing['id']} of another image "
+                                                     f"(sha256 {str(existing.get('image_sha256'))[:12]}...); "
+                                                     f"use a new id for a new image")
+
+    def _replay(existing: dict, sha: str):
+        if existing.get("image_sha256") != sha:
+            raise _conflict(existing)
+        return JSONResponse(service.record_json(existing), headers={"X-Idempotent-Replay": "true"})
 
     async def _parse_multipart(request: Request, body: bytes, fields: dict) -> bytes:
         from starlette.datastructures import UploadFile
@@ -524,16 +638,16 @@ def create_app(service: Service) -> FastAPI:
             raise RequestValidationError([{"loc": ("query", what), "msg": str(e), "type": "value_error"}]) from None
 
     @app.get("/v1/inspections", response_model=InspectionList, tags=["inspections"],
-             summary="The inspection log, newest first")
+             responses={**ERR401, **ERR422}, summary="The inspection log, newest first")
     def list_inspections(label: str | None = Query(None, description="class name(s), comma-separated"),
                          station: str | None = None, part_id: str | None = None,
-                         since: str | None = Query(None, description="ISO 8601 (UTC if no offset) or 30m/12h/7d"),
-                         until: str | None = Query(None, description="as since; exclusive"),
+                         since: str | None = Query(None, description=TIME_DOC, pattern=TIME_PATTERN),
+                         until: str | None = Query(None, description="as since; exclusive", pattern=TIME_PATTERN),
                          status: Literal["ok", "rejected", "all"] = Query("ok", description="accepted (ok), "
                                                                           "rejected requests, or all"),
                          damaged: bool | None = Query(None, description="only damaged (true) or ok (false) "
                                                       "verdicts"),
-                         limit: int = Query(50, ge=1, le=500), offset: int = Query(0, ge=0)):
+                         limit: int = Query(50, ge=1, le=500), offset: int = Query(0, ge=0, le=OFFSET_MAX)):
         for name, v in (("label", label), ("station", station), ("part_id", part_id)):
             if v is not None and "\x00" in v:
                 raise RequestValidationError([{"loc": ("query", name), "msg": "contains a NUL character"}])
@@ -551,20 +665,24 @@ def create_app(service: Service) -> FastAPI:
                                       since=_since(since, "since"), until=_since(until, "until"))
         return {"items": [service.record_json(r) for r in rows], "total": total, "limit": limit, "offset": offset}
 
+    inspection_id_param = PathParam(..., ge=1, le=ID_MAX, description="the log id")
+
     @app.get("/v1/inspections/{inspection_id}", response_model=Inspection, tags=["inspections"],
-             responses={404: {"model": ErrorOut}}, summary="One logged inspection")
-    def get_inspection(inspection_id: int):
+             responses={404: {"model": ErrorOut}, **ERR401, **ERR422}, summary="One logged inspection")
+    def get_inspection(inspection_id: int = inspection_id_param):
         r = service.db.get(inspection_id)
         if r is None:
             return error_response(404, "not_found", f"no inspection {inspection_id}")
         return service.record_json(r)
 
     @app.get("/v1/inspections/{inspection_id}/image", tags=["inspections"],
-             responses={200: {"content": {"image/*": {}}}, 404: {"model": ErrorOut}},
+             responses={200: {"content": {"image/*": {}}}, 404: {"model": ErrorOut}, **ERR401, **ERR422,
+                        503: {"model": ErrorOut}},
              summary="The inspected image as received, or a JPEG thumbnail (max_size)")
-    def get_image(request: Request, inspection_id: int,
-                  max_size: int | None = Query(None, ge=16, le=2048, description="longest side of a thumbnail")):
-        r = service.db.get(inspection_id)
+    async def get_image(request: Request, inspection_id: int = inspection_id_param,
+                        max_size: int | None = Query(None, ge=16, le=2048,
+                                                     description="longest side of a thumbnail")):
+        r = await run_in_threadpool(service.db.get, inspection_id)
         if r is None:
             return error_response(404, "not_found", f"no inspection {inspection_id}")
         if r["status"] != STATUS_OK:
@@ -574,18 +692,27 @@ def create_app(service: Service) -> FastAPI:
         headers = {"Cache-Control": "private, no-cache", "ETag": etag}
         if request.headers.get("if-none-match") == etag:
             return Response(status_code=304, headers=headers)
-        img = service.db.image(inspection_id)
+        img = await run_in_threadpool(service.db.image, inspection_id)
         if img is None:
             return error_response(404, "no_image", f"inspection {inspection_id} has no stored image")
         if max_size is None:
             return Response(img["data"], media_type=img["media_type"], headers=headers)
-        return Response(_thumbnail(img["data"], max_size), media_type="image/jpeg", headers=headers)
+        try:  # in the decode pool, within the decode memory budget (never in the web server's threads)
+            jpeg = await asyncio.wait_for(asyncio.wrap_future(service.inference.thumbnail_async(
+                img["data"], max_size, r["image_sha256"], service.request_timeout_s)), service.request_timeout_s)
+        except asyncio.TimeoutError:
+            return error_response(503, "deadline", "the thumbnail was not ready within the request deadline",
+                                  headers={"Retry-After": "1"})
+        except Rejection as e:
+            return error_response(e.status, e.code, e.message,
+                                  headers={"Retry-After": "1"} if e.status == 503 else None)
+        return Response(jpeg, media_type="image/jpeg", headers=headers)
 
     @app.get("/v1/inspections/{inspection_id}/heatmap.png", tags=["inspections"],
              responses={200: {"content": {"image/png": {}}}, 404: {"model": ErrorOut}, 409: {"model": ErrorOut},
-                        422: {"model": ErrorOut}, 503: {"model": ErrorOut}},
+                        422: {"model": ErrorOut}, 503: {"model": ErrorOut}, **ERR401},
              summary="Where the model looked: Grad-CAM (linear heads) or Ablation-CAM overlay")
-    async def get_heatmap(request: Request, inspection_id: int):
+    async def get_heatmap(request: Request, inspection_id: int = inspection_id_param):
         svc = service
         r = await run_in_threadpool(svc.db.get, inspection_id)
         if r is None:
@@ -620,10 +747,12 @@ def create_app(service: Service) -> FastAPI:
         await run_in_threadpool(svc.db.store_heatmap, inspection_id, png, info["method"], svc.inference.sha256)
         return Response(png, media_type="image/png", headers={**headers, "X-Heatmap-Method": info["method"]})
 
-    @app.get("/v1/stats", response_model=Stats, tags=["inspections"], summary="Counts per class over a window")
-    def stats(since: str | None = Query(None, description="ISO 8601 or 30m/12h/7d (the page sends local "
-                                        "midnight)"),
-              until: str | None = None, station: str | None = None):
+    @app.get("/v1/stats", response_model=Stats, tags=["inspections"], responses={**ERR401, **ERR422},
+             summary="Counts per class over a window")
+    def stats(since: str | None = Query(None, description=TIME_DOC + " (the page sends local midnight)",
+                                        pattern=TIME_PATTERN),
+              until: str | None = Query(None, description="as since; exclusive", pattern=TIME_PATTERN),
+              station: str | None = None):
         if station is not None and "\x00" in station:
             raise RequestValidationError([{"loc": ("query", "station"), "msg": "contains a NUL character"}])
         s, u = _since(since, "since"), _since(until, "until")
@@ -634,25 +763,29 @@ def create_app(service: Service) -> FastAPI:
         return {"since": iso(s), "until": iso(u), "total": c["ok"] + c["rejected"], "ok": c["ok"],
                 "rejected": c["rejected"], "damaged": damaged, "by_label": by_label}
 
-    @app.get("/v1/model", tags=["service"], summary="The model being served: classes, backbone, metrics")
+    @app.get("/v1/model", tags=["service"], responses=ERR401,
+             summary="The model being served: classes, backbone, metrics (no local path)")
     def model_info():
         return service.model_json()
 
-    @app.get("/healthz", tags=["service"], summary="Liveness and readiness (model loaded, database reachable)")
+    @app.get("/healthz", tags=["service"], responses={503: {"description": "the database is unreachable or "
+                                                                       "a model worker cannot run"}},
+             summary="Liveness and readiness (model workers running, database reachable)")
     def healthz():
-        body: dict[str, Any] = {"status": "ok", "model": service.inference.model_info,
-                                "queue_depth": service.inference.queue_depth,
-                                "started_at": iso(service.started_at)}
+        inf = service.inference
+        h = inf.health() if service.started_at is not None else {"workers_alive": None}
+        body: dict[str, Any] = {"status": "ok", "model": inf.model_info, **h, "started_at": iso(service.started_at)}
+        if h["workers_alive"] is not None and h["workers_alive"] < inf.n_workers:
+            body["status"] = "error"
         try:
             service.db.ping()
             body["db"] = "ok"
         except Exception as e:  # noqa: BLE001 - reported, not raised
             body.update(status="error", db=f"{type(e).__name__}: {str(e).splitlines()[0][:200]}")
-            return JSONResponse(body, status_code=503)
-        return body
+        return JSONResponse(body, status_code=200 if body["status"] == "ok" else 503)
 
     @app.get("/metrics", tags=["service"], summary="Prometheus metrics",
-             responses={200: {"content": {"text/plain": {}}}})
+             responses={200: {"content": {"text/plain": {}}}, **ERR401})
     def metrics():
         from prometheus_client import CONTENT_TYPE_LATEST
 
@@ -667,26 +800,3 @@ def create_app(service: Service) -> FastAPI:
 
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     return app
-
-
-def _thumbnail(data: bytes, max_size: int) -> bytes:
-    """A JPEG of at most ``max_size`` pixels a side (JPEGs are decoded at a reduced scale: fast)."""
-    from PIL import Image
-
-    from ..data.decode import open_image
-
-    img = None
-    if data[:3] == b"\xff\xd8\xff":
-        try:
-            with Image.open(io.BytesIO(data)) as im:
-                if im.mode in ("RGB", "L"):
-                    im.draft(im.mode, (max_size, max_size))
-                    img = im.convert("RGB")
-        except (OSError, ValueError):
-            img = None
-    if img is None:
-        img = open_image(data)  # every other kind, decoded as for the model
-    img.thumbnail((max_size, max_size), Image.Resampling.BILINEAR)
-    buf = io.BytesIO()
-    img.save(buf, "JPEG", quality=85)
-    return buf.getvalue()

@@ -408,12 +408,18 @@ def parse_time(value: str | None, what: str = "since", now: datetime | None = No
     s = str(value).strip()
     m = re.fullmatch(r"(\d+)\s*([smhdw])", s)
     if m:
-        return (now or utcnow()) - timedelta(**{_REL[m.group(2)]: int(m.group(1))})
+        try:
+            return (now or utcnow()) - timedelta(**{_REL[m.group(2)]: int(m.group(1))})
+        except (OverflowError, ValueError):
+            raise ValueError(f"{what} {value!r}: reaches before the year 1") from None
     try:
         dt = datetime.fromisoformat(s[:-1] + "+00:00" if s.endswith(("Z", "z")) else s)
     except ValueError:
         raise ValueError(f"{what} {value!r}: not an ISO 8601 time (2025-03-01, 2025-03-01T08:00:00Z, "
                          f"...+02:00) nor a relative one (30m, 12h, 7d)") from None
     if dt.tzinfo is not None:
-        dt = dt.astimezone(timezone.utc).replace(tzinfo=None)
+        try:
+            dt = dt.astimezone(timezone.utc).replace(tzinfo=None)
+        except (OverflowError, ValueError):
+            raise ValueError(f"{what} {value!r}: outside the years 1 to 9999 in UTC") from None
     return dt

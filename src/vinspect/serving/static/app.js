@@ -8,8 +8,17 @@ const PALETTE = ["#2458c6", "#e07b00", "#7b3fc4", "#00897b", "#c2185b", "#5d6d7e
 
 function apiKey() { return $("apikey").value || localStorage.getItem("vinspect.apiKey") || ""; }
 
+// with a key, every read needs it too: fetches send the header; images (<img src>) send a same-site cookie
+function keyCookie() {
+  const k = apiKey();
+  document.cookie = "vinspect_key=" + encodeURIComponent(k) + "; path=/; SameSite=Strict" + (k ? "" : "; max-age=0");
+}
+
 async function getJSON(path) {
-  const r = await fetch(path, { headers: { Accept: "application/json" } });
+  const headers = { Accept: "application/json" };
+  if (apiKey()) headers["X-API-Key"] = apiKey();
+  const r = await fetch(path, { headers });
+  if (r.status === 401) $("key-label").hidden = false;
   if (!r.ok) throw new Error(`${path}: HTTP ${r.status}`);
   return r.json();
 }
@@ -230,6 +239,12 @@ async function health() {
 async function init() {
   setUpDrop();
   $("station").value = localStorage.getItem("vinspect.station") || "";
+  keyCookie();
+  $("apikey").addEventListener("change", () => {
+    localStorage.setItem("vinspect.apiKey", $("apikey").value);
+    keyCookie();
+    location.reload();
+  });
   $("damaged-only").addEventListener("change", () => { state.lastListKey = ""; refresh(); });
   try {
     const m = await getJSON("/v1/model");
