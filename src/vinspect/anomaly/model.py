@@ -20,7 +20,7 @@ DEFAULTS = {
     "backbone": "efficientnet_lite0",
     "layers": {"patchcore": ["blocks.2", "blocks.4"], "padim": ["blocks.1", "blocks.2", "blocks.3"]},
     "local": 3,  # PatchCore's 3x3 neighbourhood aggregation
-    "size": (256, 256),  # (height, width)
+    "long_side": 256,  # input: the long side in pixels; the short one follows the normal images' median aspect
     "resize": "letterbox",  # aspect kept: defects are not stretched
     "sigma": 4.0,  # Gaussian blur of the map, input pixels (PatchCore's)
     "image_score": "method",  # PatchCore: re-weighted nearest-neighbour distance; PaDiM: the largest patch
@@ -52,19 +52,13 @@ class AnomalyModel:
         self.random_init = random_init
         self._net = None
         self.loaded = None
-        if spec is None:
-            from ..backbones.registry import get_spec
-
-            pre = get_spec(self.backbone).preprocessing
-            h, w = DEFAULTS["size"]
-            spec = InputSpec(w, h, DEFAULTS["resize"], pre.interpolation, tuple(pre.mean), tuple(pre.std))
-        self.spec = spec
+        self.spec = spec or input_spec(self.backbone)
         self.threshold: float | None = None
         self.core = self._new_core()
 
     def _new_core(self):
         if self.method == "patchcore":
-            p = {k: self.params[k] for k in ("coreset_ratio", "max_bank", "projection", "neighbours")
+            p = {k: self.params[k] for k in ("coreset_ratio", "max_bank", "min_bank", "projection", "neighbours")
                  if k in self.params}
             p.setdefault("coreset_ratio", DEFAULTS["coreset_ratio"])
             p.setdefault("max_bank", DEFAULTS["max_bank"])
@@ -85,6 +79,15 @@ class AnomalyModel:
     def fit_features(self, feats: torch.Tensor, progress: bool = False) -> "AnomalyModel":
         self.core = self._new_core()
         self.core.fit(feats, progress=progress)
+        return self
+
+    def extend_features(self, all_feats: torch.Tensor, new: torch.Tensor, progress: bool = False) -> "AnomalyModel":
+        """Add the images ``new`` (rows of ``all_feats``) to a fitted model: PatchCore continues its coreset
+        from the current bank over their patches; PaDiM refits its Gaussians on ``all_feats``."""
+        if self.method == "patchcore":
+            self.core.extend(all_feats[new], progress=progress)
+        else:
+            self.fit_features(all_feats, progress)
         return self
 
     def score_features(self, feats: torch.Tensor, batch: int = 64) -> tuple[np.ndarray, np.ndarray]:
@@ -132,6 +135,38 @@ class AnomalyModel:
             m.core.set_state(tensors["channels"], tensors["mean"], tensors["inv_cov"], tensors["grid"].tolist())
         m.threshold = config.get("threshold")
         return m
+
+
+def input_spec(backbone: str, size: tuple[int, int] | None = None, resize: str | None = None) -> InputSpec:
+    """The backbone's normalisation with ``size`` = (height, width) (default: square, the default long side)."""
+    from ..backbones.registry import get_spec
+
+    pre = get_spec(backbone).preprocessing
+    h, w = size or (DEFAULTS["long_side"], DEFAULTS["long_side"])
+    return InputSpec(int(w), int(h), resize or DEFAULTS["resize"], pre.interpolation, tuple(pre.mean), tuple(pre.std))
+
+
+def auto_size(paths, long_side: int | None = None, multiple: int = 32) -> tuple[int, int]:
+    """(height, width) with the median aspect ratio of ``paths`` (image headers only), the long side
+    ``long_side`` and both sides multiples of ``multiple``: an aspect-preserving input for the data's typical
+    shape (letterboxed for the others), so defects are neither squashed nor lost in padding."""
+    from PIL import Image
+
+    long_side = int(long_side or DEFAULTS["long_side"])
+    ratios = []
+    for p in list(paths)[:2000]:
+        try:
+            with Image.open(p) as im:
+                w, h = im.size
+            ratios.append(w / h)
+        except Exception:  # noqa: BLE001 - undecodable files are reported by the decoder
+            continue
+    r = float(np.median(ratios)) if ratios else 1.0
+    if r >= 1:
+        w, h = long_side, max(multiple, int(round(long_side / r / multiple)) * multiple)
+    else:
+        h, w = long_side, max(multiple, int(round(long_side * r / multiple)) * multiple)
+    return h, w
 
 
 def quantile_threshold(normal_scores: np.ndarray, q: float) -> float:

@@ -41,6 +41,10 @@ class Padim:
         self.shape = (h, w)
         return self
 
+    def extend(self, features: torch.Tensor, progress: bool = False) -> "Padim":
+        """PaDiM's Gaussians are refitted on everything (cheap): see AnomalyModel.extend."""
+        raise NotImplementedError
+
     def set_state(self, channels, mean, inv_cov, shape) -> None:
         self.channels, self.mean, self.inv_cov, self.shape = channels.long(), mean.float(), inv_cov, tuple(shape)
 

@@ -49,10 +49,12 @@ def _refresh(pts, since, chosen, z, sq, d, bucket: int = 64) -> None:
 
 
 def greedy_coreset(x: torch.Tensor, n: int, projection: int = 128, seed: int = 0, progress: bool = False,
-                   front_size: int = 16384) -> torch.Tensor:
+                   front_size: int = 16384, initial: torch.Tensor | None = None) -> torch.Tensor:
     """Indices of ``n`` rows of ``x`` (M, D) chosen by greedy k-center selection (farthest point first).
 
     Exactly the textbook greedy on the projected features; the work is lazy (see the module docstring).
+    ``initial``: centres already chosen (rows like ``x``, e.g. an existing memory bank): the selection continues
+    from them (the first new point is the one farthest from them).
     """
     from tqdm.auto import tqdm
 
@@ -61,9 +63,20 @@ def greedy_coreset(x: torch.Tensor, n: int, projection: int = 128, seed: int = 0
     z = _project(x, projection, seed)
     sq = (z * z).sum(1)
     g = torch.Generator().manual_seed(seed)
-    first = int(torch.randint(m, (1,), generator=g))
+    if initial is not None and len(initial):
+        zi = _project(initial, projection, seed)
+        sqi = (zi * zi).sum(1)
+        d0 = torch.empty(m)
+        for s in range(0, m, 8192):
+            d0[s:s + 8192] = (sq[s:s + 8192, None] - 2 * (z[s:s + 8192] @ zi.T) + sqi[None]).clamp_min_(0).min(1).values
+        first = int(torch.argmax(d0))
+    else:
+        d0 = None
+        first = int(torch.randint(m, (1,), generator=g))
     chosen = [first]
     d = (sq - 2 * (z @ z[first]) + sq[first]).clamp_min_(0)  # squared distance to the coreset
+    if d0 is not None:
+        d = torch.minimum(d, d0)
     fresh_since = torch.ones(m, dtype=torch.long)  # how many of the chosen centres each d accounts for
     bar = tqdm(total=n, desc="coreset", disable=not progress, leave=False)
     bar.update(1)
@@ -122,7 +135,7 @@ class NearestNeighbours:
 class PatchCore:
     """Memory bank + scoring.  ``fit`` and ``score`` take patch features (N, C, h, w) from PatchFeatureNet."""
 
-    def __init__(self, coreset_ratio: float = 0.01, max_bank: int = 20000, projection: int = 128,
+    def __init__(self, coreset_ratio: float = 0.01, max_bank: int = 20000, min_bank: int = 0, projection: int = 128,
                  neighbours: int = 9, image_score: str = "reweighted", seed: int = 0):
         if not 0 < coreset_ratio <= 1:
             raise BadInputError(f"coreset ratio {coreset_ratio}: must be in (0, 1]")
@@ -130,6 +143,7 @@ class PatchCore:
             raise BadInputError(f"image score {image_score!r}: use reweighted or max")
         self.coreset_ratio = coreset_ratio
         self.max_bank = max_bank
+        self.min_bank = min_bank  # small data: keep at least this many patches (all when fewer)
         self.projection = projection
         self.neighbours = neighbours
         self.image_score = image_score
@@ -138,7 +152,8 @@ class PatchCore:
         self._nn: NearestNeighbours | None = None
 
     def config(self) -> dict:
-        return {"coreset_ratio": self.coreset_ratio, "max_bank": self.max_bank, "projection": self.projection,
+        return {"coreset_ratio": self.coreset_ratio, "max_bank": self.max_bank, "min_bank": self.min_bank,
+                "projection": self.projection,
                 "neighbours": self.neighbours, "image_score": self.image_score, "seed": self.seed}
 
     @staticmethod
@@ -149,11 +164,25 @@ class PatchCore:
     def fit(self, features: torch.Tensor, progress: bool = False) -> "PatchCore":
         flat = self._flat(features)
         k = int(round(self.coreset_ratio * len(flat)))
-        k = max(1, min(k, self.max_bank))
+        k = max(1, self.min_bank, k)
+        k = min(k, self.max_bank, len(flat))
         if k < len(flat):
             idx = greedy_coreset(flat, k, self.projection, self.seed, progress)
             flat = flat[idx]
         self.set_bank(flat.to(torch.float16))
+        return self
+
+    def extend(self, features: torch.Tensor, progress: bool = False) -> "PatchCore":
+        """Add more normal images: the coreset selection continues over their patches from the current bank
+        (``coreset_ratio`` of the new patches are added), so the bank covers old and new as one fit would."""
+        flat = self._flat(features)
+        k = max(1, int(round(self.coreset_ratio * len(flat))))
+        k = min(k, len(flat), max(self.max_bank - len(self.bank), 0))
+        if k <= 0:
+            return self
+        if k < len(flat):
+            flat = flat[greedy_coreset(flat, k, self.projection, self.seed, progress, initial=self.bank)]
+        self.set_bank(torch.cat([self.bank, flat.to(torch.float16)]))
         return self
 
     def set_bank(self, bank: torch.Tensor) -> None:

@@ -55,7 +55,8 @@ def histogram_png(labels, scores, threshold, path, title: str = "") -> Path:
 
 
 def maps_grid_png(items: list[dict], path, vmax: float | None = None, title: str = "", cols: int = 4) -> Path:
-    """``items``: {pixels (H, W, 3) uint8, map (H, W), score, path, anomalous?}; each image above its overlay.
+    """``items``: {pixels (H, W, 3) uint8, map (H, W), score, path, anomalous?, mask?}; each image above its
+    overlay (the ground-truth mask, when given, outlined in white).
 
     The colour scale is common to every panel (0 .. ``vmax``, default the largest map value shown)."""
     plt = _plt()
@@ -76,6 +77,8 @@ def maps_grid_png(items: list[dict], path, vmax: float | None = None, title: str
                                  f"{it['score']:.3g}", fontsize=7)
         axes[2 * r + 1, c].imshow(it["pixels"])
         axes[2 * r + 1, c].imshow(it["map"], cmap="jet", alpha=0.45, vmin=vmin, vmax=vmax)
+        if it.get("mask") is not None and it["mask"].any():  # the ground truth, outlined
+            axes[2 * r + 1, c].contour(it["mask"].astype(float), levels=[0.5], colors="white", linewidths=0.8)
     if title:
         fig.suptitle(title, fontsize=9)
     fig.tight_layout()

@@ -61,9 +61,9 @@ def _common(p) -> None:
     g.add_argument("--weights", metavar="PATH", help="local .pth/.safetensors weights (any timm architecture)")
     g.add_argument("--layers", metavar="L1,L2", help="feature layers (default: patchcore "
                    f"{','.join(DEFAULTS['layers']['patchcore'])}; padim {','.join(DEFAULTS['layers']['padim'])})")
-    h, w = DEFAULTS["size"]
-    g.add_argument("--image-size", type=_size, metavar="W[xH]", help=f"network input (default: {w}x{h}; large "
-                   "images: raise it so that small defects survive, e.g. 512x256 for long strips)")
+    g.add_argument("--image-size", type=_size, metavar="W[xH]", help=f"network input (default: long side "
+                   f"{DEFAULTS['long_side']}, the other from the normal images' median aspect, multiples of 32; large "
+                   "images: raise it so that small defects survive, e.g. 1024x416 for 1250x500 strips)")
     g.add_argument("--resize", choices=["letterbox", "squash"], help=f"letterbox keeps the aspect ratio and pads; "
                    f"squash stretches (default: {DEFAULTS['resize']})")
     g.add_argument("--sigma", type=float, help=f"Gaussian blur of the maps, input pixels (default: {DEFAULTS['sigma']})")
@@ -84,11 +84,13 @@ def _model_kwargs(args) -> dict:
     kw: dict = {"backbone": args.backbone, "weights": args.weights}
     if args.layers:
         kw["layers"] = [v.strip() for v in args.layers.split(",") if v.strip()]
-    if args.image_size or args.resize:
+    if args.image_size:
         pre = get_spec(args.backbone).preprocessing
-        h, w = args.image_size or DEFAULTS["size"]
+        h, w = args.image_size
         kw["spec"] = InputSpec(w, h, args.resize or DEFAULTS["resize"], pre.interpolation, tuple(pre.mean),
                                tuple(pre.std))
+    elif args.resize:
+        raise BadInputError("--resize needs --image-size (the default input keeps the aspect ratio: letterbox)")
     if args.sigma is not None:
         kw["sigma"] = args.sigma
     params = {}
@@ -113,8 +115,8 @@ def add_parser(subparsers, parser_class=argparse.ArgumentParser):
 
     p = sub.add_parser("train", help="fit on the normal images of DATA; write a model folder",
                        description="Fit on the normal class(es) of DATA (other folders are ignored). The threshold "
-                       "is the --threshold-quantile quantile of the scores of 15%% of the normal images held out "
-                       "from a first fit (no defect examples needed), or the best-F1 threshold on labelled images "
+                       "is the --threshold-quantile quantile of the scores of 15%% of the normal images held out of a "
+                       "first fit, which then join the model (no defect examples needed), or the best-F1 threshold on labelled images "
                        "(--calibrate DIR, the same class folders). Then: vinspect predict MODEL IMAGES --json.",
                        epilog=EPILOG)
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
