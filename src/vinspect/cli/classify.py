@@ -10,6 +10,7 @@ from pathlib import Path
 from ..backbones.registry import DEFAULT_BACKBONE
 from ..errors import BadInputError
 from .common import add_engine, command, default_out, group, need, report_skipped
+from .ray_run import add_ray, extract_on_ray
 
 COMMANDS = ("extract", "evaluate", "train", "compare")
 
@@ -32,6 +33,7 @@ def add_commands(sub, prefix: str = "") -> None:
                 full_name=prefix + "extract")
     _add_extraction(p)
     p.add_argument("--out", metavar="DIR", help="output folder (required)")
+    add_ray(p)
 
     p = command(sub, "evaluate", "the lab protocol: mean accuracy of a method over repeated stratified splits",
                 cmd_evaluate, full_name=prefix + "evaluate")
@@ -176,6 +178,8 @@ def cmd_extract(args) -> int:
     from ..pipeline import extract_to
 
     need(args, "data", "out")
+    if getattr(args, "ray", None):
+        return extract_on_ray(args)
     fs = extract_to(args.data, args.out, extractor_from(args), args.classes, args.cache, not args.no_cache,
                     progress=not args.quiet)
     report_skipped(fs.skipped)

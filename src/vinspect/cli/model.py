@@ -11,6 +11,7 @@ from pathlib import Path
 
 from ..errors import BadInputError
 from .common import add_engine, command, need, quiet, report_skipped
+from .ray_run import add_ray, predict_on_ray
 
 
 def add_parser(sub, parser_class=None) -> None:
@@ -41,6 +42,7 @@ def add_predict_options(p) -> None:
     p.add_argument("--weights", metavar="PATH", help="backbone weights, if not where the model recorded them")
     p.add_argument("--batch-size", type=int, default=32)
     add_engine(p)
+    add_ray(p, out=True)
 
 
 def _runtime(args) -> dict:
@@ -79,6 +81,8 @@ def cmd_predict(args) -> int:
     from ..models.predictor import load_predictor
 
     need(args, "model", "paths")
+    if getattr(args, "ray", None):
+        return predict_on_ray(args)
     predictor = load_predictor(args.model, **_runtime(args))
     on_result = None
     if args.maps:
