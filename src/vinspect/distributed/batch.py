@@ -196,6 +196,17 @@ class BatchWorker:
         return table.append_column("node", pa.array([self.node] * len(paths), pa.string()))
 
 
+def _worker_class(job, threads: int):
+    """The actor class with the job built in: it travels with the class definition, not as constructor arguments
+    in the object store (which a restarted actor could find gone)."""
+
+    class Worker(BatchWorker):
+        def __init__(self):
+            super().__init__(job, threads)
+
+    return Worker
+
+
 # -- the output folder ---------------------------------------------------------------------------------------
 
 
@@ -429,10 +440,10 @@ def _execute(ray, job, todo, sink: ParquetSink, batch_size, cpus_per_worker, wor
     import pyarrow as pa
     from tqdm.auto import tqdm
 
+    logging.getLogger("ray.data").setLevel(logging.ERROR)  # progress and notices: ours say it
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False  # ours counts images across the cluster
     ctx.print_on_execution_start = False
-    logging.getLogger("ray.data").setLevel(logging.WARNING)
     cpus = float(ray.cluster_resources().get("CPU", 0))
     if workers is None:
         workers = max(1, int(cpus // cpus_per_worker))
@@ -442,7 +453,7 @@ def _execute(ray, job, todo, sink: ParquetSink, batch_size, cpus_per_worker, wor
                         "label": pa.array(labels[i:i + batch_size], pa.string())})
               for i in range(0, len(paths), batch_size)]
     ds = ray.data.from_arrow(blocks).map_batches(
-        BatchWorker, fn_constructor_kwargs={"job": job, "threads": cpus_per_worker}, batch_size=batch_size,
+        _worker_class(job, cpus_per_worker), batch_size=batch_size,
         batch_format="pyarrow", num_cpus=cpus_per_worker, compute=ray.data.ActorPoolStrategy(size=workers))
     per_node: dict[str, int] = {}
     n_errors = 0
