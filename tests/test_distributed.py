@@ -211,3 +211,27 @@ def test_killed_workers_lose_and_duplicate_nothing(cluster, model, images, local
     assert s.n_written == len(local_rows) and s.n_errors == 0
     _check_against_local(tmp_path / "fault", local_rows)
     assert extra.raylet() is not None  # the node itself lived on: its workers were the ones killed
+
+
+@pytest.mark.slow
+def test_classify_extract_on_ray_equals_local_features(cluster, neu_small, tmp_path, capsys):
+    """``classify extract --ray``: one row per image with its class folder and the same features as features.h5."""
+    import numpy as np
+
+    from vinspect.cli import main
+    from vinspect.distributed import read_results
+    from vinspect.features.extract import read_features_h5
+
+    common = ["--image-size", "64", "--engine", "torch", "--batch-size", "8", "-q"]
+    assert main(["classify", "extract", str(neu_small), "--out", str(tmp_path / "local")] + common) == 0
+    local = read_features_h5(tmp_path / "local" / "features.h5")
+    rc = main(["classify", "extract", str(neu_small), "--out", str(tmp_path / "ray"), "--ray", cluster.address]
+              + common)
+    assert rc == 0, capsys.readouterr().err
+    rows = {Path(r["path"]).relative_to(neu_small).as_posix(): r for r in read_results(tmp_path / "ray").to_pylist()}
+    assert sorted(rows) == sorted(local.relpaths)
+    for i, rel in enumerate(local.relpaths):
+        r = rows[rel]
+        assert r["label"] == local.classes[local.labels[i]] and r["sha256"] == local.hashes[i]
+        # float32 sums in another order (one engine thread per worker, every core locally): ~1e-5 on values ~4
+        np.testing.assert_allclose(np.asarray(r["features"], np.float32), local.features[i], rtol=1e-4, atol=1e-4)
