@@ -20,6 +20,7 @@ pytest.importorskip("fastapi", reason="the serving dependencies (fastapi, uvicor
 httpx = pytest.importorskip("httpx")
 
 from serving_support import LiveServer, shared_inference, small_model  # noqa: E402
+
 from vinspect.serving.app import Service, create_app  # noqa: E402
 from vinspect.serving.inference import InferenceService  # noqa: E402
 
@@ -199,15 +200,13 @@ def test_the_decode_budget_makes_decodes_wait_then_refuses():
 
     b = DecodeBudget(100)
     with b.hold(60, 1):
-        with pytest.raises(Rejection) as e:
-            with b.hold(60, 0.2):
-                pass
+        with pytest.raises(Rejection) as e, b.hold(60, 0.2):
+            pass
         assert e.value.status == 503
         with b.hold(40, 0.2):  # fits beside it
             assert b.used == 100
-    with pytest.raises(Rejection) as e:
-        with b.hold(101, 1):
-            pass
+    with pytest.raises(Rejection) as e, b.hold(101, 1):
+        pass
     assert e.value.status == 413 and b.used == 0
 
 
@@ -478,8 +477,11 @@ def test_schemathesis_finds_no_5xx_and_no_schema_violation(model_dir, inference,
     schemathesis = pytest.importorskip("schemathesis", reason="schemathesis (dev extra) is not installed")
     from hypothesis import HealthCheck, given, settings
     from schemathesis.checks import not_a_server_error
-    from schemathesis.specs.openapi.checks import (content_type_conformance, response_schema_conformance,
-                                                   status_code_conformance)
+    from schemathesis.specs.openapi.checks import (
+        content_type_conformance,
+        response_schema_conformance,
+        status_code_conformance,
+    )
 
     svc = _service(model_dir, tmp_path, inference)
     app = create_app(svc)

@@ -67,8 +67,8 @@ class FeatureCache:
             if self._f is not None:
                 try:
                     self._f.close()
-                except Exception:  # noqa: BLE001 - closing a broken file
-                    pass
+                except Exception as close_error:  # noqa: BLE001 - closing a broken file
+                    _log.debug("closing the damaged cache: %s", close_error)
                 self._f = None
             self._set_aside(f"unreadable ({str(e).splitlines()[0][:120]})", 0)
             self._f = h5py.File(self.path, "a")

@@ -19,7 +19,8 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, Literal
 
-from fastapi import FastAPI, Header, Path as PathParam, Query, Request
+from fastapi import FastAPI, Header, Query, Request
+from fastapi import Path as PathParam
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
@@ -31,8 +32,7 @@ from starlette.requests import ClientDisconnect
 
 from .. import __version__
 from ..errors import BadInputError
-from .db import (STATUS_OK, STATUS_REJECTED, Database, DuplicateRequest, iso, open_database, parse_time,
-                 utcnow)
+from .db import STATUS_OK, STATUS_REJECTED, Database, DuplicateRequest, iso, open_database, parse_time, utcnow
 from .heatmap import HeatmapMaker, HeatmapUnavailable
 from .inference import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, Busy, InferenceService, Rejection, run_safely
 from .limits import DEFAULT_DECODE_MEMORY, DEFAULT_REQUEST_TIMEOUT_S

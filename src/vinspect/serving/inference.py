@@ -25,9 +25,15 @@ import numpy as np
 from PIL import Image
 
 from ..errors import BadInputError, ImageDecodeError
+from .limits import (  # noqa: F401 (DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS re-exported)
+    DEFAULT_DECODE_MEMORY,
+    DEFAULT_MAX_BYTES,
+    DEFAULT_MAX_PIXELS,
+    MAX_ASPECT,
+    MIN_RANGE,
+    MIN_SIDE,
+)
 
-from .limits import (DEFAULT_DECODE_MEMORY, DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS,  # noqa: E402,F401
-                     MAX_ASPECT, MIN_RANGE, MIN_SIDE)
 PIL_PIXEL_GUARD = 100_000_000  # vinspect.data.decode sets Image.MAX_IMAGE_PIXELS to this
 log = logging.getLogger("vinspect.serving")
 
