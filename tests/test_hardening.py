@@ -109,6 +109,14 @@ def test_a_dead_model_worker_is_restarted_or_fails_the_health_check(model_dir, i
         inf.stop()
 
 
+def test_a_model_pool_never_started_starts_on_first_use(model_dir, inference, jpegs):
+    inf = InferenceService(model_dir, predictor=inference.predictor, max_batch=1)
+    try:  # before: the job waited in the queue for ever
+        assert inf.predict(inf.prepare(jpegs[7].read_bytes()).pixels, timeout=60).label in inference.classes
+    finally:
+        inf.stop()
+
+
 def test_every_request_has_a_deadline(model_dir, inference, tmp_path, jpegs):
     release = threading.Event()
 

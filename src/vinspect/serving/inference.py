@@ -209,8 +209,9 @@ class InferenceService:
 
     def start(self) -> None:
         with self._threads_lock:
-            for i in range(self.n_workers):
-                self._threads.append(self._spawn(i))
+            if not self._threads:
+                for i in range(self.n_workers):
+                    self._threads.append(self._spawn(i))
 
     def _spawn(self, i: int) -> threading.Thread:
         t = threading.Thread(target=self._worker, name=f"vinspect-model-{i}", daemon=True)
@@ -232,7 +233,10 @@ class InferenceService:
         """Start again any model worker thread that has ended (it should not: this is the last resort);
         returns how many are alive."""
         with self._threads_lock:
-            if self._stopped or not self._threads:
+            if not self._threads and not self._stopped:  # never started: a pool in use needs its workers
+                for i in range(self.n_workers):
+                    self._threads.append(self._spawn(i))
+            if self._stopped:
                 return sum(t.is_alive() for t in self._threads)
             for i, t in enumerate(self._threads):
                 if not t.is_alive():
