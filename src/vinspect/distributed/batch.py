@@ -32,6 +32,7 @@ SUMMARY_FILE = "_summary.json"
 LOCK_FILE = "_lock"
 PART_GLOB = "part-*.parquet"
 FORMAT_VERSION = 1
+MAX_BLOCKS = 20_000  # blocks of input paths handed to Ray Data (each one object in the store)
 ADDRESS_HELP = ("ADDRESS joins a running cluster (host:port of its head), auto the one in $RAY_ADDRESS or started "
                 "on this machine with 'ray start', local a throw-away Ray instance on this machine for this run")
 
@@ -41,7 +42,7 @@ def need_ray():
     try:
         import pyarrow  # noqa: F401
         import ray
-        import ray.data  # noqa: F401
+        import ray.data
     except ImportError as e:
         raise BadInputError(f"--ray needs Ray Data and pyarrow ({e}): pip install 'vinspect[ray]'") from None
     return ray
@@ -64,7 +65,7 @@ class PredictJob:
     kind = "predict"
 
     @classmethod
-    def from_model(cls, model, **runtime) -> "PredictJob":
+    def from_model(cls, model, **runtime) -> PredictJob:
         from ..models.bundle import load_bundle
 
         model = os.path.abspath(str(model))
@@ -111,7 +112,7 @@ class ExtractJob:
     kind = "extract"
 
     @classmethod
-    def from_options(cls, classes, **extractor) -> "ExtractJob":
+    def from_options(cls, classes, **extractor) -> ExtractJob:
         from ..features.extract import Extractor
 
         ex = Extractor(**extractor)  # validates the options and knows the settings that shape the features
@@ -445,13 +446,19 @@ def _execute(ray, job, todo, sink: ParquetSink, batch_size, cpus_per_worker, wor
     ctx.enable_progress_bars = False  # ours counts images across the cluster
     ctx.print_on_execution_start = False
     cpus = float(ray.cluster_resources().get("CPU", 0))
+    largest = max([float(n.get("Resources", {}).get("CPU", 0)) for n in ray.nodes() if n.get("Alive")] or [0.0])
+    if largest < cpus_per_worker:  # no node could ever hold a worker: Ray would wait for one forever
+        raise BadInputError(f"--ray-cpus {cpus_per_worker}: no node of the cluster has that many CPUs (the largest "
+                            f"has {largest:g})")
     if workers is None:
         workers = max(1, int(cpus // cpus_per_worker))
     paths = [p for p, _ in todo]
     labels = [lab for _, lab in todo]
-    blocks = [pa.table({"path": pa.array(paths[i:i + batch_size], pa.string()),
-                        "label": pa.array(labels[i:i + batch_size], pa.string())})
-              for i in range(0, len(paths), batch_size)]
+    # one block per batch (a lost worker costs one batch), but at most MAX_BLOCKS objects for a huge file list
+    rows = batch_size * max(1, -(-len(paths) // (batch_size * MAX_BLOCKS)))
+    blocks = [pa.table({"path": pa.array(paths[i:i + rows], pa.string()),
+                        "label": pa.array(labels[i:i + rows], pa.string())})
+              for i in range(0, len(paths), rows)]
     ds = ray.data.from_arrow(blocks).map_batches(
         _worker_class(job, cpus_per_worker), batch_size=batch_size,
         batch_format="pyarrow", num_cpus=cpus_per_worker, compute=ray.data.ActorPoolStrategy(size=workers))

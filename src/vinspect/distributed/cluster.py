@@ -122,7 +122,7 @@ class LocalCluster:
         for k, v in ports.items():
             cmd += [f"--{k}", str(v)]
         try:
-            r = subprocess.run(cmd, env=self.env, capture_output=True, text=True, timeout=self.start_timeout)
+            r = subprocess.run(cmd, env=self.env, check=False, capture_output=True, text=True, timeout=self.start_timeout)
         except FileNotFoundError:
             raise ClusterUnavailable(f"{self.ray_bin}: not found (pip install 'vinspect[ray]')") from None
         except subprocess.TimeoutExpired:
@@ -149,7 +149,7 @@ class LocalCluster:
                 except Exception:  # noqa: BLE001
                     pass
 
-    def start(self) -> "LocalCluster":
+    def start(self) -> LocalCluster:
         try:
             import psutil  # noqa: F401 (a dependency of Ray)
         except ImportError:
@@ -210,7 +210,7 @@ class LocalCluster:
         self._saved_env = {}
         _refresh_ray_auth()
 
-    def __enter__(self) -> "LocalCluster":
+    def __enter__(self) -> LocalCluster:
         return self.start()
 
     def __exit__(self, *exc) -> None:
