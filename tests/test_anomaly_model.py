@@ -86,12 +86,11 @@ def test_export_writes_the_feature_part(trained, tmp_path):
 def test_served_anomaly_model_answers_with_a_map(trained, tmp_path):
     pytest.importorskip("fastapi", reason="the serving dependencies are not installed")
     httpx = pytest.importorskip("httpx")
-    from serving_support import LiveServer
+    from serving_support import LiveServer, shared_inference
 
     from vinspect.serving.app import Service, create_app
-    from vinspect.serving.inference import InferenceService
 
-    inf = InferenceService(trained)
+    inf = shared_inference(trained)  # started and warmed up, as the service runs it
     svc = Service(trained, db=f"sqlite:///{tmp_path / 'a.sqlite3'}", inference=inf, request_timeout_s=300)  # a loaded CPU
     img = sorted((MT / "images" / "break").glob("*.jpg"))[0]
     with LiveServer(create_app(svc)) as srv, httpx.Client(base_url=srv.url, timeout=60) as c:
