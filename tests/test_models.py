@@ -66,6 +66,8 @@ def test_a_0_1_bundle_loads_upgraded_and_predicts_as_before(capsys):
     (lambda m: {**m, "classes": ["crazing", "crazing", "scratches"]}, "classes are not unique (crazing)"),
     (lambda m: {**m, "classes": ["crazing", 7, "scratches"]}, "classes must be a non-empty list of non-empty strings"),
     (lambda m: {**m, "classes": ["crazing", "patches"]}, "lists 2 classes but the head predicts 3"),
+    (lambda m: {**m, "preprocessing": {**m["preprocessing"], "mean": [0.4, 0.5, 0.5]}},
+     "preprocessing mean/std/interpolation [0.4, 0.5, 0.5]/"),
 ])
 def test_a_bad_model_json_is_one_line_and_exit_2(tmp_path, capsys, edit, message):
     d = copy_fixture(tmp_path)

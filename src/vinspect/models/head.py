@@ -117,6 +117,12 @@ class HeadPredictor(Predictor):
             ex = Extractor(b["name"], b["layer"], b["pool"], image_size=pre.square, resize=pre.resize,
                            weights=weights, random_init=b.get("random_init", False), batch_size=self.batch_size,
                            device=self.device, **kw)
+            epre = ex.preprocessing
+            if (tuple(epre.mean), tuple(epre.std), epre.interpolation) != (pre.mean, pre.std, pre.interpolation):
+                raise BadInputError(f"{self.bundle.path / 'model.json'}: preprocessing mean/std/interpolation "
+                                    f"{list(pre.mean)}/{list(pre.std)}/{pre.interpolation} differ from the "
+                                    f"{b['name']} backbone's {list(epre.mean)}/{list(epre.std)}/{epre.interpolation}, "
+                                    f"which its features need")
             if ex.weights_sha256 != b.get("weights_sha256"):
                 raise BadInputError(f"the {b['name']} weights on this machine (sha256 {str(ex.weights_sha256)[:12]}) "
                                     f"differ from those the model was trained with "
