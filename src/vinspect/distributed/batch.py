@@ -32,6 +32,7 @@ SUMMARY_FILE = "_summary.json"
 LOCK_FILE = "_lock"
 PART_GLOB = "part-*.parquet"
 FORMAT_VERSION = 1
+START_TIMEOUT_S = 900  # for the workers to start and load the model
 MAX_BLOCKS = 20_000  # blocks of input paths handed to Ray Data (each one object in the store)
 ADDRESS_HELP = ("ADDRESS joins a running cluster (host:port of its head), auto the one in $RAY_ADDRESS or started "
                 "on this machine with 'ray start', local a throw-away Ray instance on this machine for this run")
@@ -445,6 +446,9 @@ def _execute(ray, job, todo, sink: ParquetSink, batch_size, cpus_per_worker, wor
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False  # ours counts images across the cluster
     ctx.print_on_execution_start = False
+    # every worker has loaded its model before the first block is handed out (so that all nodes share the work);
+    # a cluster that cannot place them all in this time fails with Ray's "Timed out while starting actors"
+    ctx.wait_for_min_actors_s = START_TIMEOUT_S
     cpus = float(ray.cluster_resources().get("CPU", 0))
     largest = max([float(n.get("Resources", {}).get("CPU", 0)) for n in ray.nodes() if n.get("Alive")] or [0.0])
     if largest < cpus_per_worker:  # no node could ever hold a worker: Ray would wait for one forever
