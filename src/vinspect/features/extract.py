@@ -77,8 +77,8 @@ def choose_engine(precision: str | None = None) -> tuple[str, str, str]:
                                         f"({' or '.join(('avx512_bf16', 'amx_bf16'))})")
         if bf16 and AUTO_BF16:
             return "openvino", "bf16", f"auto: openvino bf16 ({ov_why}; the CPU has native bf16)"
-        why = ("the CPU has native bf16, but bf16 moved the features by ~8 % so auto keeps fp32 (--precision bf16 "
-               "to choose it)" if bf16 else "the CPU has no native bf16")
+        why = ("the CPU has native bf16, but bf16 moved the default backbone's features by ~8 %, so auto keeps "
+               "fp32 (--precision bf16 to choose it)" if bf16 else "the CPU has no native bf16")
         return "openvino", "fp32", f"auto: openvino fp32 with {ov_why}; {why}"
     if precision == "bf16":
         raise BadInputError(f"--precision bf16 needs the openvino engine: {ov_why}")
