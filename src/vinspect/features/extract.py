@@ -92,8 +92,6 @@ def choose_engine(precision: str | None = None) -> tuple[str, str, str]:
 def resolve_engine(engine: str, precision: str | None, quantize: str | None) -> tuple[str, str, str]:
     """The engine and precision that will run, and why (``--engine auto`` goes through :func:`choose_engine`)."""
     if engine == "auto":
-        if quantize:  # --quantize int8 is onnxruntime's quantisation
-            return "onnx", "int8", "auto: onnx because --quantize int8 (onnxruntime's quantisation) was asked"
         name, prec, reason = choose_engine(precision)
         if reason not in _announced:  # said once per process; a fallback (no OpenVINO) is a warning
             _announced.add(reason)
@@ -151,8 +149,9 @@ class Extractor:
             raise BadInputError(f"--precision {precision!r}: use one of {', '.join(p for p in PRECISIONS if p)}")
         if quantize not in QUANTIZE:
             raise BadInputError(f"--quantize {quantize!r}: use int8")
-        if quantize and engine not in ("onnx", "auto"):
-            raise BadInputError("--quantize int8 needs --engine onnx (or --precision int8 with any engine but torch)")
+        if quantize and engine != "onnx":
+            raise BadInputError("--quantize int8 needs --engine onnx (--precision int8 quantises with any engine "
+                                "but torch)")
         self.requested_engine = engine
         self.engine_name, self.precision, self.engine_reason = resolve_engine(engine, precision, quantize)
         if self.engine_name == "onnx" and self.precision == "int8":
