@@ -170,3 +170,15 @@ def test_wear_grade_protocol_on_given_predicted_masks(wear_small, tmp_path):
     assert "VB max thresholds (ordinal)" in r["variants"]
     assert "TRUE masks (reference): wear measures, logistic regression" in r["variants"]
     assert sum(map(sum, r["confusion_matrix"])) == 3 * 5  # 30 % of 16 images, three times
+
+
+def test_wear_grade_trains_a_segmenter_inside_each_split(wear_small, tmp_path):
+    """Without --predicted: a segmenter per split, trained on that split's training masks only (tiny here)."""
+    from vinspect.cli import main
+
+    out = tmp_path / "grade"
+    assert main(["wear", "grade", str(wear_small / "images"), "--masks", str(wear_small / "masks"), "--splits", "2",
+                 "--epochs", "1", "--input-size", "160x64", "--out", str(out), "-q"]) == 0
+    r = json.loads((out / "results.json").read_text())
+    assert r["masks"] == "segmenter trained inside each split" and len(r["per_split"]) == 2
+    assert not list(out.glob(".split*.ckpt"))  # each split's checkpoint is removed once it is done
