@@ -23,7 +23,7 @@ from ..backbones.pooling import POOLS
 
 
 ENGINES = ("auto", "torch", "onnx", "openvino")  # the choices of every command's --engine
-DEFAULT_ENGINE = "torch"
+DEFAULT_ENGINE = "auto"  # see choose_engine; the fallback when OpenVINO is missing is said once
 PRECISIONS = (None, "fp32", "bf16", "int8")  # --precision; None: the engine's own (auto: see choose_engine)
 QUANTIZE = (None, "int8")
 # Whether --engine auto may pick bf16 on a CPU with native bf16.  Off: on the default backbone and layer
