@@ -162,10 +162,10 @@ def test_a_finetuned_cnn_is_served_with_verdict_and_heatmap(finetuned, neu_small
         assert body["label"] in ("crazing", "patches", "scratches")
         assert sum(body["probabilities"].values()) == pytest.approx(1, abs=1e-5)
         model = httpx.get(f"http://127.0.0.1:{port}/v1/model", timeout=10).json()
-        assert model["kind"] == "cnn" and model["method"] == "finetune" and model["heatmap"]["method"] == "grad-cam"
+        assert model["kind"] == "cnn" and model["method"] == "finetune" and model["heatmap"]["method"] == "layer-cam"
         h = httpx.get(f"http://127.0.0.1:{port}{body['heatmap_url']}", timeout=120)
         assert h.status_code == 200 and h.content[:8] == b"\x89PNG\r\n\x1a\n"
-        assert h.headers["x-heatmap-method"] == "grad-cam"
+        assert h.headers["x-heatmap-method"] == "layer-cam"
     finally:
         proc.send_signal(signal.SIGINT)
         try:
@@ -205,6 +205,6 @@ def test_explain_writes_overlays_and_peaks(finetuned, neu_small, tmp_path, capsy
     for r in rows:
         x, y = r["peak_xy"]
         assert 0 <= x < 200 and 0 <= y < 200  # pixels of the original 200x200 image
-        assert r["method"] == "grad-cam" and (out / r["overlay"]).read_bytes()[:4] == b"\x89PNG"
+        assert r["method"] == "layer-cam" and (out / r["overlay"]).read_bytes()[:4] == b"\x89PNG"
     code, _, err = run(capsys, "explain", finetuned, neu_small / "patches", "--label", "nope", "--out", out, "-q")
     assert code == 2 and "--label nope" in err

@@ -166,7 +166,7 @@ def test_heatmap_is_a_png_overlay_of_the_image_and_cached(live, images):
     rid = live.client.post("/v1/inspect", content=p.read_bytes(), headers={"Content-Type": "image/jpeg"}).json()["id"]
     r = live.client.get(f"/v1/inspections/{rid}/heatmap.png")
     assert r.status_code == 200, r.text
-    assert r.headers["content-type"] == "image/png" and r.headers["x-heatmap-method"] == "grad-cam"
+    assert r.headers["content-type"] == "image/png" and r.headers["x-heatmap-method"] == "layer-cam"
     im = Image.open(io.BytesIO(r.content))
     assert im.size == Image.open(p).size and im.mode == "RGB"
     arr = np.asarray(im).astype(int)
@@ -184,7 +184,7 @@ def test_service_endpoints(live, images):
     m = live.client.get("/v1/model").json()
     assert m["classes"] == ["crazing", "patches", "scratches"] and m["backbone"] == "efficientnet_lite0"
     assert m["layer"] == "blocks.6" and m["head"]["name"] == "logreg" and "accuracy_mean" in m["metrics"]
-    assert m["heatmap"]["method"] == "grad-cam" and m["api_key_required"] is False
+    assert m["heatmap"]["method"] == "layer-cam" and m["api_key_required"] is False
     p = images["crazing"][3]
     r = live.client.post("/v1/inspect", content=p.read_bytes(), headers={"Content-Type": "image/jpeg"})
     label = r.json()["label"]
@@ -419,7 +419,7 @@ def test_grad_cam_head_is_exact(inference, images):
     v = inference.predict(pix)
     k = inference.classes.index(v.label)
     mask, info = hm.cam(pix, k)
-    assert info["method"] == "grad-cam" and mask.shape == pix.shape[:2]
+    assert info["method"] == "layer-cam" and mask.shape == pix.shape[:2]
     assert abs(info["probability"] - v.score) < 1e-4  # the torch head reproduces the sklearn head
     assert 0 <= mask.min() and mask.max() <= 1 and mask.max() > 0.5
 

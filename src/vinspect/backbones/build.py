@@ -113,7 +113,7 @@ def create_backbone(name: str, weights: str | Path | None = None, random_init: b
     return LoadedBackbone(model, spec, str(path) if path else None, sha, source)
 
 
-def _candidate_layers(model: nn.Module) -> list[str]:
+def candidate_layers(model: nn.Module) -> list[str]:
     """Top-level modules, and the members of top-level containers (blocks.0, stages.2, layer3 ...)."""
     names = []
     for n, child in model.named_children():
@@ -127,7 +127,7 @@ def _candidate_layers(model: nn.Module) -> list[str]:
 
 def layer_shapes(model: nn.Module, image_size: int) -> list[tuple[str, tuple[int, ...]]]:
     """``[(layer name, output shape without batch), ...]`` in forward order, from one dummy forward."""
-    names = _candidate_layers(model)
+    names = candidate_layers(model)
     modules = dict(model.named_modules())
     shapes: dict[str, tuple[int, ...]] = {}
     order: list[str] = []
@@ -150,6 +150,6 @@ def layer_shapes(model: nn.Module, image_size: int) -> list[tuple[str, tuple[int
 def check_layer(model: nn.Module, layer: str, name: str) -> None:
     modules = dict(model.named_modules())
     if layer not in modules or layer == "":
-        valid = ", ".join(_candidate_layers(model))
+        valid = ", ".join(candidate_layers(model))
         raise BadInputError(f"unknown layer {layer!r} for backbone {name!r}; valid layers: {valid} "
                             f"(see: vinspect layers {name})")

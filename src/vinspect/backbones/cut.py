@@ -14,19 +14,22 @@ from .pooling import pool
 
 
 class Truncated(nn.Module):
-    """Run the backbone only up to ``layer`` (FX graph pruned at that node; a forward hook as a fallback)."""
+    """Run the backbone only up to ``layer`` (FX graph pruned at that node; a forward hook as a fallback, or
+    when ``fx=False``: the original modules then stay callable and hookable, as explanations need)."""
 
-    def __init__(self, model: nn.Module, layer: str):
+    def __init__(self, model: nn.Module, layer: str, fx: bool = True):
         super().__init__()
         self.layer = layer
-        try:
-            from timm.models import create_feature_extractor
+        self.fx = False
+        self.net = model
+        if fx:
+            try:
+                from timm.models import create_feature_extractor
 
-            self.net = create_feature_extractor(model, return_nodes={layer: "out"})
-            self.fx = True
-        except Exception:  # noqa: BLE001 - architectures FX cannot trace fall back to a hook
-            self.net = model
-            self.fx = False
+                self.net = create_feature_extractor(model, return_nodes={layer: "out"})
+                self.fx = True
+            except Exception:  # noqa: BLE001 - architectures FX cannot trace fall back to a hook
+                pass
 
     def forward(self, x):
         if self.fx:
@@ -57,9 +60,9 @@ class BackboneCut(nn.Module):
     State-dict keys: ``body.*`` (the backbone), ``mean``, ``std`` (kept stable: bundles store them).
     """
 
-    def __init__(self, model: nn.Module, layer: str, mean, std, pooling: str = "avg"):
+    def __init__(self, model: nn.Module, layer: str, mean, std, pooling: str = "avg", fx: bool = True):
         super().__init__()
-        self.body = Truncated(model, layer)
+        self.body = Truncated(model, layer, fx)
         self.pooling = pooling
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1) * 255.0)
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1) * 255.0)
@@ -67,6 +70,22 @@ class BackboneCut(nn.Module):
     @property
     def layer(self) -> str:
         return self.body.layer
+
+    def plain(self, model: nn.Module | None = None) -> "BackboneCut":
+        """The same cut run through the backbone's own modules (no FX graph), sharing this cut's weights:
+        its layers can be hooked (``model.get_submodule("blocks.5")``) for explanations.  ``model``: the
+        backbone the FX graph was made from (found in the graph when not given)."""
+        if not self.body.fx:
+            return self
+        if model is None:
+            raise ValueError("the backbone module is needed for a plain cut of an FX graph")
+        missing = [k for k in self.body.net.state_dict() if k not in model.state_dict()]
+        if missing:
+            raise ValueError(f"the backbone does not hold the graph's weights ({missing[0]} ...)")
+        model.load_state_dict(self.body.net.state_dict(), strict=False)
+        cut = BackboneCut(model, self.layer, [0.0] * 3, [1.0] * 3, self.pooling, fx=False)
+        cut.mean, cut.std = self.mean, self.std
+        return cut
 
     def spatial(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[1] == 1:

@@ -5,6 +5,7 @@ or a trained CNN) on folders of images, one sub-folder per class.  The top-level
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from ..backbones.registry import DEFAULT_BACKBONE
@@ -169,9 +170,17 @@ def _train_config(args):
 def extractor_from(args):
     from ..features.extract import Extractor
 
-    return Extractor(args.backbone, args.layer, args.pool, args.image_size, args.resize, args.weights,
-                     args.random_init, args.batch_size, args.workers, engine=args.engine, quantize=args.quantize,
-                     precision=args.precision, onnx_dir=Path(args.cache) / "onnx" if args.cache else None)
+    ex = Extractor(args.backbone, args.layer, args.pool, args.image_size, args.resize, args.weights,
+                   args.random_init, args.batch_size, args.workers, engine=args.engine, quantize=args.quantize,
+                   precision=args.precision, onnx_dir=Path(args.cache) / "onnx" if args.cache else None)
+    return ex
+
+
+def say_engine(args, ex) -> None:
+    """What `--engine auto` chose and why, once, after a successful run (also in results.json / model.json)."""
+    if args.engine == "auto" and not args.quiet:
+        print(f"engine: {ex.engine_name} {ex.precision or ''} ({ex.engine_reason})".replace("  ", " "),
+              file=sys.stderr)
 
 
 def cmd_extract(args) -> int:
@@ -180,9 +189,10 @@ def cmd_extract(args) -> int:
     need(args, "data", "out")
     if getattr(args, "ray", None):
         return extract_on_ray(args)
-    fs = extract_to(args.data, args.out, extractor_from(args), args.classes, args.cache, not args.no_cache,
-                    progress=not args.quiet)
+    ex = extractor_from(args)
+    fs = extract_to(args.data, args.out, ex, args.classes, args.cache, not args.no_cache, progress=not args.quiet)
     report_skipped(fs.skipped)
+    say_engine(args, ex)
     st = fs.stats
     rate = "n/a" if st["images_per_second"] is None else f"{st['images_per_second']:.1f}"
     print(f"{st['n_images']} images -> {Path(args.out) / 'features.h5'} ({st['feature_dim']} features each); "
@@ -198,10 +208,11 @@ def cmd_evaluate(args) -> int:
     out = Path(args.out) if args.out else default_out("evaluate", args.data)
     if args.method != "head":
         return _evaluate_cnn(args, out)
-    res = evaluate(args.data, extractor_from(args), args.head, args.class_weight, args.splits, args.test_size,
-                   args.seed, args.kfold, args.classes, args.cache, not args.no_cache, out,
-                   progress=not args.quiet)
+    ex = extractor_from(args)
+    res = evaluate(args.data, ex, args.head, args.class_weight, args.splits, args.test_size, args.seed, args.kfold,
+                   args.classes, args.cache, not args.no_cache, out, progress=not args.quiet)
     report_skipped(res["skipped"])
+    say_engine(args, ex)
     rate = res["extract_images_per_second"]
     print(f"accuracy {res['accuracy_mean']:.4f} +- {res['accuracy_std']:.4f} "
           f"(balanced {res['balanced_accuracy_mean']:.4f}; majority baseline {res['majority_baseline']:.4f}) "
@@ -260,10 +271,11 @@ def cmd_train(args) -> int:
     need(args, "data", "out")
     if args.method != "head":
         return _train_cnn(args)
-    b = train(args.data, args.out, extractor_from(args), args.head, args.class_weight, args.classes, args.cache,
-              not args.no_cache, 5 if args.eval_splits is None else args.eval_splits, args.test_size,
-              args.seed, progress=not args.quiet)
+    ex = extractor_from(args)
+    b = train(args.data, args.out, ex, args.head, args.class_weight, args.classes, args.cache, not args.no_cache,
+              5 if args.eval_splits is None else args.eval_splits, args.test_size, args.seed, progress=not args.quiet)
     report_skipped(b.training["skipped"])
+    say_engine(args, ex)
     m = b.metrics
     acc = (f"; accuracy {m['accuracy_mean']:.4f} +- {m['accuracy_std']:.4f} over {m['splits']} splits"
            if "accuracy_mean" in m else "")

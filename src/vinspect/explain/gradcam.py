@@ -194,3 +194,36 @@ def ablation_cam(act: np.ndarray, pooling: str, predict_proba, k: int, size_hw) 
     cam = np.maximum((w[:, None, None] * act).sum(0), 0)
     h, w_ = size_hw
     return scale_cam_image(cam[None].astype(np.float32), (w_, h))[0], float(p[0])
+
+
+def explain_layers(model, layer: str, n: int = 3) -> list[str]:
+    """The layers LayerCAM fuses: the model's layer and the ``n - 1`` stages before it (the candidate layers of
+    :func:`vinspect.backbones.build.candidate_layers` that have a spatial map)."""
+    from ..backbones.build import candidate_layers
+
+    names = candidate_layers(model)
+    if layer not in names:
+        return [layer]
+    i = names.index(layer)
+    return names[max(0, i - n + 1):i + 1]
+
+
+def layer_cam(net, modules, pixels: np.ndarray, class_index: int, proba=None) -> tuple[np.ndarray, float]:
+    """LayerCAM (Jiang et al., IEEE TIP 2021; the ``grad-cam`` package's ``LayerCAM``) of ``net`` (float NCHW
+    0..255 -> logits) on one (H, W, 3) uint8 input, over the layers ``modules``: each layer's activations weighted
+    element-wise by their positive gradients, each map scaled to 0..1 and the layers averaged, so the finer
+    earlier stages sharpen the last one's coarse map.  (map over the input grid in 0..1, probability)."""
+    torch = _torch()
+    from pytorch_grad_cam import LayerCAM
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    x = torch.from_numpy(np.ascontiguousarray(pixels)).permute(2, 0, 1)[None].float()
+    cam = LayerCAM(model=net, target_layers=list(modules))
+    try:
+        with torch.enable_grad():
+            mask = cam(input_tensor=x.requires_grad_(True), targets=[ClassifierOutputTarget(class_index)])[0]
+        logits = cam.outputs.detach()
+    finally:
+        cam.activations_and_grads.release()
+    p = (proba or (lambda z: torch.softmax(z, 1)))(logits)
+    return mask, float(p[0, class_index])

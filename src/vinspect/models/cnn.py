@@ -67,49 +67,69 @@ class CNNPredictor(Predictor):
 
     def explain_method(self) -> tuple[str, str]:
         n = len(self.nets)
-        return "grad-cam", "Grad-CAM on the trained network's last spatial layer" + (
-            f" (member 1 of the {n}-network ensemble)" if n > 1 else "")
+        member = f" (member 1 of the {n}-network ensemble)" if n > 1 else ""
+        if self.bundle.config["net"].get("kind") == "labnet":
+            return "grad-cam", "Grad-CAM on the lab network's last convolutional stage" + member
+        return "layer-cam", "LayerCAM over the network's cut layer and the two stages before it" + member
+
+    def _cam(self):
+        """(Grad-CAM network, the modules to hook, their names), built once."""
+        if getattr(self, "_cam_cache", None) is None:
+            import torch
+
+            from ..backbones.pooling import pool
+            from ..explain.gradcam import cam_net, explain_layers
+            from ..training.models import LabNet
+
+            net = self.nets[0].to(memory_format=torch.contiguous_format)
+
+            class Wrap(torch.nn.Module):  # modules around the callables (holding the network, so that its
+                def __init__(self, fn, owner):  # parameters are seen), for Grad-CAM to hook
+                    super().__init__()
+                    self.fn = fn
+                    self.owner = owner
+
+                def forward(self, x):
+                    return self.fn(x)
+
+            if isinstance(net, LabNet):
+                def spatial(x):
+                    if x.shape[1] != net.in_channels:
+                        x = x.mean(dim=1, keepdim=True) if net.in_channels == 1 else x.expand(-1, net.in_channels,
+                                                                                              -1, -1)
+                    return net.features(x / 127.5 - 1.0)
+
+                cnet = cam_net(Wrap(spatial, net), Wrap(net.classifier, net))
+                self._cam_cache = (cnet, [cnet.at], ["features"])
+            else:
+                from ..backbones.build import create_backbone
+
+                model = create_backbone(self.bundle.config["net"]["backbone"], random_init=True).model.eval()
+                plain = net.plain(model)  # the trained weights in the backbone's own (hookable) modules
+                names = explain_layers(model, plain.layer)
+                cnet = cam_net(Wrap(plain.spatial, plain), Wrap(lambda a: net.fc(pool(a, "avg")), net))
+                self._cam_cache = (cnet, [model.get_submodule(n) for n in names], names)
+        return self._cam_cache
 
     def explain_pixels(self, pixels: np.ndarray, label: str | None = None):
-        import torch
-
-        from ..backbones.pooling import pool
-        from ..explain.gradcam import cam_net, grad_cam
-        from ..training.models import LabNet
+        from ..explain.gradcam import grad_cam, layer_cam
 
         if label is not None and label not in self.classes:
             raise BadInputError(f"label {label!r} is not a class of the model")
         pred = self.predict_pixels(pixels[None])[0]
         k = self.classes.index(label or pred.label)
-        net = self.nets[0]
         if self.bundle.preprocessing.colour == "grey":
             pixels = pixels[..., :1]
-        if isinstance(net, LabNet):
-            def spatial(x):
-                if x.shape[1] != net.in_channels:
-                    x = x.mean(dim=1, keepdim=True) if net.in_channels == 1 else x.expand(-1, net.in_channels, -1, -1)
-                return net.features(x / 127.5 - 1.0)
-            head = net.classifier
-        else:
-            spatial = net.spatial
-
-            def head(a):
-                return net.fc(pool(a, "avg"))
-
-        class Wrap(torch.nn.Module):  # modules around the callables (holding the network, so its parameters
-            def __init__(self, fn):  # are seen), for Grad-CAM to hook
-                super().__init__()
-                self.fn = fn
-                self.net = net
-
-            def forward(self, x):
-                return self.fn(x)
-
-        cnet = cam_net(Wrap(spatial), Wrap(head))
-        mask, p, size = grad_cam(cnet, pixels, k)
+        cnet, modules, names = self._cam()
         method, why = self.explain_method()
-        return mask, pred, {"method": method, "probability": p, "map_size": size, "label": self.classes[k],
-                            "why": why}
+        if method == "grad-cam":
+            mask, p, size = grad_cam(cnet, pixels, k)
+            info = {"map_size": size}
+        else:
+            mask, p = layer_cam(cnet, modules, pixels, k)
+            info = {"layers": names}
+        info.update(method=method, probability=p, label=self.classes[k], why=why)
+        return mask, pred, info
 
     def export_onnx(self, path=None, opset: int = 17) -> Path:
         """One ONNX file of the network(s): input ``images`` uint8 (N, H, W, 3) RGB at the input size; outputs

@@ -105,8 +105,11 @@ class HeadPredictor(Predictor):
 
             b, cfg, pre = self.bundle.backbone or {}, self.bundle.config, self.bundle.preprocessing
             kw = {"engine": self.engine or DEFAULT_ENGINE}
-            if self.precision:
-                kw["precision"] = self.precision
+            precision = self.precision
+            if precision is None and cfg.get("precision") == "bf16" and kw["engine"] in ("auto", "openvino"):
+                precision = "bf16"  # the head was fitted on bf16 features: predict with the same
+            if precision:
+                kw["precision"] = precision
             if cfg.get("quantize"):  # an int8 bundle carries its quantised backbone: the features depend on it
                 kw.update(engine="onnx", quantize=cfg["quantize"], onnx_file=self.bundle.file(cfg["backbone_onnx"]))
                 kw.pop("precision", None)
@@ -155,21 +158,28 @@ class HeadPredictor(Predictor):
         q = self.bundle.config.get("quantize")
         note = f"; drawn with the float32 network (the served backbone is {q})" if q else ""
         if isinstance(clf, LogisticRegression):
-            return "grad-cam", "logistic regression head rebuilt exactly in torch" + note
+            return "layer-cam", ("LayerCAM over the model's layer and the two stages before it, through the "
+                                 "logistic regression head rebuilt exactly in torch" + note)
         return "ablation-cam", (f"{type(clf).__name__} head is not differentiable in closed form: channel "
                                 f"ablation with the real head" + note)
 
     def _cam_net(self):
         if self._cam is None:
             from ..backbones.pooling import pool
-            from ..explain.gradcam import _torch, cam_net, linear_head
+            from ..explain.gradcam import _torch, cam_net, explain_layers, linear_head
 
             torch = _torch()
             fnet = self.extractor.torch_net().to("cpu").to(memory_format=torch.contiguous_format).eval()
             fnet.requires_grad_(False)  # gradients are needed w.r.t. activations only
             method, _ = self.explain_method()
-            lin, mode = (linear_head(self.head, len(self.classes)) if method == "grad-cam" else (None, None))
+            lin, mode = (linear_head(self.head, len(self.classes)) if method == "layer-cam" else (None, None))
             pooling = fnet.pooling
+            names, modules = [], []
+            if lin is not None:  # the backbone's own modules, so that its stages can be hooked
+                model = self.extractor._build().model
+                fnet = fnet.plain(model)
+                names = explain_layers(model, fnet.layer)
+                modules = [model.get_submodule(n) for n in names]
 
             class Head(torch.nn.Module):
                 def __init__(self):
@@ -179,21 +189,21 @@ class HeadPredictor(Predictor):
                 def forward(self, a):
                     return self.lin(pool(a, pooling))
 
-            self._cam = (cam_net(fnet.spatial, Head()), lin, mode)
+            self._cam = (cam_net(fnet.spatial, Head()), lin, mode, modules, names)
         return self._cam
 
     def explain_pixels(self, pixels: np.ndarray, label: str | None = None):
-        from ..explain.gradcam import ablation_cam, grad_cam
+        from ..explain.gradcam import ablation_cam, layer_cam
 
         if label is not None and label not in self.classes:
             raise BadInputError(f"label {label!r} is not a class of the model")
         pred = self.predict_pixels(pixels[None])[0]
         k = self.classes.index(label or pred.label)
-        net, lin, mode = self._cam_net()
+        net, lin, mode, modules, names = self._cam_net()
         method, why = self.explain_method()
         if lin is not None:
-            mask, p, size = grad_cam(net, pixels, k, proba=lin.proba)
-            info = {"method": "grad-cam", "probability": p, "map_size": size, "logit_mode": mode}
+            mask, p = layer_cam(net, modules, pixels, k, proba=lin.proba)
+            info = {"method": "layer-cam", "probability": p, "layers": names, "logit_mode": mode}
         else:
             import torch
 
@@ -292,8 +302,7 @@ def save_head_bundle(out, head, extractor, head_cfg: dict, feature_dim: int, met
                   "pool": extractor.pool, "weights_sha256": extractor.weights_sha256,
                   "weights_path": extractor.weights_path, "random_init": bool(extractor.random_init)},
         config={"head": head_cfg, "head_file": HEAD_FILE, "feature_dim": int(feature_dim),
-                "engine": extractor.engine_name, "precision": getattr(extractor, "precision", None),
-                "quantize": extractor.quantize},
+                **extractor.engine_info(), "quantize": extractor.quantize},
         metrics=metrics, training=training)
     writers = {HEAD_FILE: lambda p: sio.dump(head, p)}
     if extractor.quantize:

@@ -711,7 +711,8 @@ def create_app(service: Service) -> FastAPI:
     @app.get("/v1/inspections/{inspection_id}/heatmap.png", tags=["inspections"],
              responses={200: {"content": {"image/png": {}}}, 404: {"model": ErrorOut}, 409: {"model": ErrorOut},
                         422: {"model": ErrorOut}, 503: {"model": ErrorOut}, **ERR401},
-             summary="Where the model looked: Grad-CAM (linear heads) or Ablation-CAM overlay")
+             summary="Where the model looked: the model's explanation (LayerCAM, Grad-CAM, Ablation-CAM or its "
+                     "map) as an overlay")
     async def get_heatmap(request: Request, inspection_id: int = inspection_id_param):
         svc = service
         r = await run_in_threadpool(svc.db.get, inspection_id)

@@ -47,9 +47,9 @@ class BackboneClassifier(BackboneCut):
 
     def __init__(self, model: nn.Module, layer: str, n_classes: int, mean, std, dropout: float = 0.2,
                  unfreeze: int = 2, probe_size: tuple[int, int] = (224, 224)):
-        from ..backbones.build import _candidate_layers
+        from ..backbones.build import candidate_layers
 
-        blocks = _candidate_layers(model)
+        blocks = candidate_layers(model)
         if layer not in blocks:
             raise BadInputError(f"layer {layer!r}: training cuts the backbone at one of {', '.join(blocks)}")
         upto = blocks[: blocks.index(layer) + 1]
