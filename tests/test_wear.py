@@ -144,7 +144,7 @@ def test_wear_measure_cli_with_masks(wear_small, tmp_path):
 
 
 def test_wear_measure_refuses_missing_masks_and_two_scales(wear_small, tmp_path):
-    from vinspect.wear.api import measure_folder
+    from vinspect.pipeline.wear import measure_folder
 
     partial = tmp_path / "masks"
     shutil.copytree(wear_small / "masks" / "low", partial / "low")  # the high masks are missing

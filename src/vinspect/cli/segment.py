@@ -75,7 +75,7 @@ def _data(args):
 
 
 def cmd_train(args) -> int:
-    from ..segment.api import train_bundle
+    from ..pipeline.segment import train_bundle
 
     progress = not _quiet(args)
     data = _data(args)
@@ -105,7 +105,7 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_predict(args) -> int:
-    from ..segment.api import predict_folder
+    from ..pipeline.segment import predict_folder
 
     progress = not _quiet(args)
     rows, skipped = predict_folder(args.model, args.images, args.out, progress=progress,

@@ -18,7 +18,7 @@ def _quiet(args) -> bool:
 
 
 def cmd_measure(args) -> int:
-    from ..wear.api import measure_folder
+    from ..pipeline.wear import measure_folder
 
     progress = not _quiet(args)
     inputs = list(args.inputs)

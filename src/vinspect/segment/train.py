@@ -97,7 +97,7 @@ def fit_size(sizes: list[tuple[int, int]], long_side: int = 320, multiple: int =
 
 def preprocessing_for(cfg: SegmentConfig, size_hw: tuple[int, int]):
     from ..backbones.registry import get_spec
-    from ..models.bundle import Preprocessing
+    from ..data.preprocessing import Preprocessing
 
     h, w = size_hw
     if h % 32 or w % 32:

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import BadInputError
-from .measure import measure
+from ..wear.measure import measure
 
 COLUMNS = ["path", "vb_max", "vb_mean", "vb_mean_edge", "vb_median", "worn_length", "area", "notch_depth",
            "breakage", "edge_length", "edge_angle_deg", "mm_per_px", "vb_max_mm", "vb_mean_mm", "vb_mean_edge_mm",
@@ -38,8 +38,8 @@ def measure_folder(inputs: list, csv_path: str | Path, masks: str | Path | None 
 
     from ..data.decode import open_image
     from ..segment.masks import MaskFormat, mask_path, read_mask
-    from .plots import measure_png
-    from .scale import find_scale_bar
+    from ..wear.plots import measure_png
+    from ..wear.scale import find_scale_bar
 
     if (masks is None) == (model is None):
         raise BadInputError("give either a segment MODEL or --masks DIR")

@@ -8,14 +8,14 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import BadInputError
-from .data import SegData, load_grid
-from .train import SegmentConfig, fit_size, preprocessing_for, train_segmenter
+from ..segment.data import SegData, load_grid
+from ..segment.train import SegmentConfig, fit_size, preprocessing_for, train_segmenter
 
 
 def train_bundle(data: SegData, cfg: SegmentConfig, out: str | Path, progress: bool = True):
     """Train on every image of ``data`` (``cfg.val_fraction`` held out for the best epoch) and save the bundle."""
     from ..models.segment import save_segment_bundle
-    from .plots import curves_png
+    from ..segment.plots import curves_png
 
     out = Path(out)
     size = cfg.input_size or fit_size(data.sizes)
@@ -66,8 +66,8 @@ def predict_folder(model: str | Path, inputs, out: str | Path, progress: bool = 
     from ..models import segment as _seg  # noqa: F401 - registers the unet kind
     from ..models.predictor import load_predictor
     from ..models.segment import regions
-    from .plots import overlay_png
-    from .train import to_labels
+    from ..segment.plots import overlay_png
+    from ..segment.train import to_labels
 
     pred = load_predictor(model, batch_size=batch_size)
     if pred.task != "segment":
