@@ -169,3 +169,30 @@ def create_pg_database(url: str, name: str) -> str:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}"')
         conn.execute(f'CREATE DATABASE "{name}"')
     return url.rsplit("/", 1)[0] + "/" + name
+
+
+def start_serve_command(model_dir, port: int, db_file, *extra, timeout: float = 180.0):
+    """``python -m vinspect serve MODEL`` on 127.0.0.1:``port`` in a subprocess, returned once /healthz says ok
+    (generous ``timeout``: a loaded CI machine starts python slowly).  Stop it with SIGINT."""
+    import subprocess
+    import sys
+
+    import httpx
+
+    proc = subprocess.Popen([sys.executable, "-m", "vinspect", "serve", str(model_dir), "--port", str(port),
+                             "--db", f"sqlite:///{db_file}", "-q", *map(str, extra)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    deadline = time.monotonic() + timeout
+    while True:
+        if proc.poll() is not None:
+            raise AssertionError(proc.communicate()[1])
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).status_code == 200:
+                return proc
+        except httpx.TransportError:
+            pass
+        if time.monotonic() > deadline:
+            proc.kill()
+            raise AssertionError("the service did not come up")
+        time.sleep(0.3)

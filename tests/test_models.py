@@ -5,12 +5,9 @@ a head bundle (real NEU images)."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import signal
 import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -136,24 +133,11 @@ def finetuned(tmp_path_factory, neu_small):
 
 def test_a_finetuned_cnn_is_served_with_verdict_and_heatmap(finetuned, neu_small, tmp_path):
     httpx = pytest.importorskip("httpx")
-    from serving_support import free_port
+    from serving_support import free_port, start_serve_command
 
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "vinspect", "serve", str(finetuned), "--port", str(port),
-                             "--db", f"sqlite:///{tmp_path / 'log.sqlite3'}", "-q", "--threads", "1"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    proc = start_serve_command(finetuned, port, tmp_path / "log.sqlite3", "--threads", "1")
     try:
-        deadline = time.monotonic() + 180
-        while True:
-            assert proc.poll() is None, proc.communicate()[1]
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "the service did not come up"
-            time.sleep(0.5)
         img = sorted((neu_small / "scratches").glob("*.jpg"))[0]
         r = httpx.post(f"http://127.0.0.1:{port}/v1/inspect", content=img.read_bytes(),
                        headers={"Content-Type": "image/jpeg"}, timeout=60)

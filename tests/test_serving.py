@@ -9,7 +9,6 @@ import io
 import select
 import socket
 import subprocess
-import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -22,7 +21,7 @@ pytest.importorskip("fastapi", reason="the serving dependencies (fastapi, uvicor
 httpx = pytest.importorskip("httpx")
 
 from serving_support import (MAX_BYTES, LiveServer, PostgresUnavailable, create_pg_database,  # noqa: E402
-                             free_port, postgres_cluster, shared_inference, small_model)
+                             free_port, postgres_cluster, shared_inference, small_model, start_serve_command)
 from vinspect.serving.app import Service, create_app  # noqa: E402
 from vinspect.serving.db import Database, open_database, parse_time  # noqa: E402
 
@@ -580,26 +579,12 @@ def test_cli_refusals_are_one_line_exit_2(tmp_path, capsys, model_dir):
 
 def test_serve_command_runs_and_stops_cleanly(model_dir, tmp_path, images):
     """``python -m vinspect serve``: serves on loopback, exits 0 on SIGINT."""
-    import os
     import signal
 
     port = free_port()
     db = tmp_path / "cli.sqlite3"
-    proc = subprocess.Popen([sys.executable, "-m", "vinspect", "serve", str(model_dir), "--port", str(port),
-                             "--db", f"sqlite:///{db}", "-q", "--max-batch", "1", "--threads", "1"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    proc = start_serve_command(model_dir, port, db, "--max-batch", "1", "--threads", "1")
     try:
-        deadline = time.monotonic() + 180  # generous: a loaded CI machine starts python slowly
-        while True:
-            assert proc.poll() is None, proc.communicate()[1]
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "the service did not come up"
-            time.sleep(0.3)
         r = httpx.post(f"http://127.0.0.1:{port}/v1/inspect", content=images["crazing"][0].read_bytes(),
                        headers={"Content-Type": "image/jpeg"}, timeout=30)
         assert r.status_code == 200

@@ -98,7 +98,7 @@ def cmd_predict(args) -> int:
 
             img = open_image(path)
             m = predictor.preprocessing.to_original(pred.map, *img.size)
-            (out / f"{safe_name(path, used)}.png").write_bytes(overlay_png(img, _unit(m, pred)))
+            (out / f"{safe_name(path, used)}.png").write_bytes(overlay_png(img, predictor.map_to_unit(m, pred)))
 
     rows, skipped = predictor.predict(args.paths, progress=not quiet(args), on_result=on_result)
     report_skipped(skipped)
@@ -114,17 +114,6 @@ def cmd_predict(args) -> int:
             v = r["probabilities"][r["label"]] if "probabilities" in r else r.get("score", float("nan"))
             print(f"{r['path']:<{width}}  {r['label']:<16}{v:>9.4f}")
     return 0 if rows else 2
-
-
-def _unit(m, pred):
-    """A map scaled to 0..1 for display: by the model's threshold when it has one, else by its own range."""
-    import numpy as np
-
-    t = pred.extra.get("map_scale") if isinstance(pred.extra, dict) else None
-    if t:
-        return np.clip(m / t, 0, 1)
-    lo, hi = float(m.min()), float(m.max())
-    return (m - lo) / (hi - lo) if hi > lo else m * 0
 
 
 def cmd_export(args) -> int:

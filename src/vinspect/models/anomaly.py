@@ -84,6 +84,11 @@ class AnomalyPredictor(Predictor):
     def threshold(self) -> float | None:
         return self.model.threshold
 
+    def display_scale(self, pred: Prediction) -> float | None:
+        """Anomaly maps are drawn against the threshold: full heat at twice it, so a normal part stays cool."""
+        t = pred.extra.get("threshold")
+        return 2.0 * t if t else None
+
     def predict_pixels(self, pixels: np.ndarray) -> list[Prediction]:
         if len(pixels) == 0:
             return []

@@ -154,6 +154,20 @@ class Predictor:
     def export_onnx(self, path) -> Path:
         raise BadInputError(f"{self.kind} models cannot be exported to ONNX yet")
 
+    def display_scale(self, pred: Prediction) -> float | None:
+        """The map value drawn as full heat, or None: each map scaled to its own range (a heatmap of where the
+        evidence lies, which every image has).  Kinds whose map values mean something across images (an anomaly
+        score against its threshold) override it, so that a normal part does not look as hot as a defective one."""
+        return None
+
+    def map_to_unit(self, m: np.ndarray, pred: Prediction) -> np.ndarray:
+        """A map scaled to 0..1 for display (see :meth:`display_scale`)."""
+        scale = self.display_scale(pred)
+        if scale:
+            return np.clip(m / scale, 0, 1).astype(np.float32)
+        lo, hi = float(m.min()), float(m.max())
+        return ((m - lo) / (hi - lo) if hi > lo else np.zeros_like(m)).astype(np.float32)
+
     def explain_pixels(self, pixels: np.ndarray, label: str | None = None) -> tuple[np.ndarray, Prediction, dict]:
         """(map over the input grid, the prediction, facts); default: the prediction's own map."""
         pred = self.predict_pixels(pixels[None])[0]
@@ -171,10 +185,8 @@ class Predictor:
         img = open_image(data)
         pixels = self.decode(data)
         grid, pred, info = self.explain_pixels(pixels, label)
-        m = self.preprocessing.to_original(grid, *img.size)
-        lo, hi = float(m.min()), float(m.max())
-        m = (m - lo) / (hi - lo) if hi > lo else np.zeros_like(m)
-        return Explanation(m.astype(np.float32), info.get("label", pred.label), info.get("method", "?"), pred.score,
+        m = self.map_to_unit(self.preprocessing.to_original(grid, *img.size), pred)
+        return Explanation(m, info.get("label", pred.label), info.get("method", "?"), pred.score,
                            peak_xy(m), {**info, "image_size": list(img.size)})
 
     def predict(self, inputs: list, progress: bool = True, on_result=None,
