@@ -41,6 +41,8 @@ bench: setup
 	$(BIN)/python benchmarks/thermo.py
 	$(BIN)/python benchmarks/training.py
 	$(BIN)/python benchmarks/insert_wear_masks.py
+	$(BIN)/python benchmarks/explain.py --seed 0
+	$(BIN)/python benchmarks/explain.py --seed 3
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
