@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
+from .backbones.registry import DEFAULT_BACKBONE
 from .data.dataset import collect_images
 from .errors import BadInputError
 from .features.extract import Extractor, stream_features
@@ -152,7 +153,7 @@ def _available_rows(engines) -> tuple[list[str], dict]:
     return rows, notes
 
 
-def run_benchmark(data, backbone: str = "efficientnet_lite0", layer: str | None = None, n: int | None = None,
+def run_benchmark(data, backbone: str = DEFAULT_BACKBONE, layer: str | None = None, n: int | None = None,
                   repeats: int = 3, naive_n: int = 200, batch_size: int = 32, engines=DEFAULT_ROWS,
                   quantize: bool = False, onnx_dir=None, progress: bool = True) -> dict:
     paths, _ = collect_images([data])
@@ -217,7 +218,7 @@ def run_benchmark(data, backbone: str = "efficientnet_lite0", layer: str | None 
     return report
 
 
-def run_scaling(data, backbone: str = "efficientnet_lite0", count: int = 20000, window: int = 2000,
+def run_scaling(data, backbone: str = DEFAULT_BACKBONE, count: int = 20000, window: int = 2000,
                 engine: str = "onnx", batch_size: int = 32, onnx_dir=None, progress: bool = True) -> dict:
     """Stream ``count`` images (the folder read repeatedly) and record the rate and memory per window."""
     paths, _ = collect_images([data])

@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from ..backbones.registry import DEFAULT_BACKBONE
 from ..errors import BadInputError
 from .features import InputSpec, build_feature_net, extract
 from .maps import to_input_maps
@@ -17,7 +18,7 @@ METHODS = ("patchcore", "padim")
 # Defaults chosen on development data (ELPV, insert-wear, and magnetic-tile splits with seeds 100-102, never the
 # benchmark's seeds 0-4): see benchmarks/results/anomaly-dev.md.
 DEFAULTS = {
-    "backbone": "efficientnet_lite0",
+    "backbone": DEFAULT_BACKBONE,
     "layers": {"patchcore": ["blocks.2", "blocks.4"], "padim": ["blocks.1", "blocks.2", "blocks.3"]},
     "local": 3,  # PatchCore's 3x3 neighbourhood aggregation
     "long_side": 256,  # input: the long side in pixels; the short one follows the normal images' median aspect
