@@ -7,19 +7,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 from pathlib import Path
 
 from ..errors import BadInputError
-
-EPILOG = "Exit codes: 0 success, 2 bad input or usage, 1 internal error."
-
-
-def _quiet(args) -> bool:
-    q = bool(getattr(args, "quiet", False))
-    if q:
-        os.environ["TQDM_DISABLE"] = "1"
-    return q
+from .common import command, group
+from .common import quiet as _quiet
 
 
 def _size(text: str) -> tuple[int, int]:
@@ -108,30 +100,22 @@ def _model_kwargs(args) -> dict:
 def add_parser(subparsers, parser_class=argparse.ArgumentParser):
     desc = ("Anomaly detection trained on defect-free parts only (PatchCore or PaDiM): a score per image, a "
             "threshold set without defect examples, and a map of where the anomaly lies.")
-    ap = subparsers.add_parser("anomaly", help="anomaly detection from good parts only: train, evaluate",
-                               description=desc, epilog=EPILOG)
-    ap.set_defaults(func=lambda args: (ap.print_help(), 2)[1])
-    sub = ap.add_subparsers(dest="anomaly_command", metavar="SUBCOMMAND", parser_class=parser_class)
+    sub = group(subparsers, "anomaly", "anomaly detection from good parts only: train, evaluate", desc)
 
-    p = sub.add_parser("train", help="fit on the normal images of DATA; write a model folder",
-                       description="Fit on the normal class(es) of DATA (other folders are ignored). The threshold "
+    p = command(sub, "train", "fit on the normal images of DATA; write a model folder", cmd_train,
+                full_name="anomaly train", description="Fit on the normal class(es) of DATA (other folders are ignored). The threshold "
                        "is the --threshold-quantile quantile of the scores of 15%% of the normal images held out of a "
                        "first fit, which then join the model (no defect examples needed), or the best-F1 threshold on labelled images "
-                       "(--calibrate DIR, the same class folders). Then: vinspect predict MODEL IMAGES --json.",
-                       epilog=EPILOG)
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+                       "(--calibrate DIR, the same class folders). Then: vinspect predict MODEL IMAGES --json.")
     _common(p)
     p.add_argument("--out", required=True, metavar="MODEL", help="model folder to write")
     p.add_argument("--calibrate", metavar="DIR", help="labelled images (normal and defect class folders) to set "
                    "the threshold of the best F1")
-    p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("evaluate", help="repeated splits of the normal images; image and pixel metrics, plots",
-                       description="Each split fits on --train-fraction of the normal images (threshold as in "
+    p = command(sub, "evaluate", "repeated splits of the normal images; image and pixel metrics, plots", cmd_evaluate,
+                full_name="anomaly evaluate", description="Each split fits on --train-fraction of the normal images (threshold as in "
                        "train, from the training part only) and tests on the other normal images plus every "
-                       "anomalous one. Writes results.json, results.txt, roc.png, scores.png, worst.png.",
-                       epilog=EPILOG)
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+                       "anomalous one. Writes results.json, results.txt, roc.png, scores.png, worst.png.")
     _common(p)
     p.add_argument("--splits", type=int, default=5, help="(default: %(default)s)")
     p.add_argument("--train-fraction", type=_fraction, default=0.7, help="(default: %(default)s)")
@@ -139,7 +123,6 @@ def add_parser(subparsers, parser_class=argparse.ArgumentParser):
                    "channel (defect >= 128 of 255; 0/1 masks: non-zero), any size (nearest-neighbour resize); "
                    "adds pixel AUROC and PRO")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder")
-    p.set_defaults(func=cmd_evaluate)
 
 
 def cmd_train(args) -> int:

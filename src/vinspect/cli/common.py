@@ -18,11 +18,11 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see: {self.prog} --help)\n")
 
 
-def command(sub, name: str, help_: str, func, config: bool = True, full_name: str | None = None
-            ) -> argparse.ArgumentParser:
+def command(sub, name: str, help_: str, func, config: bool = True, full_name: str | None = None,
+            description: str | None = None) -> argparse.ArgumentParser:
     """A sub-command with the standard options; ``func(args) -> exit code``; ``full_name`` (e.g.
-    "classify train") names it in messages."""
-    p = sub.add_parser(name, help=help_, description=help_, epilog=EPILOG)
+    "classify train") names it in messages; ``description``: a longer text for --help than ``help_``."""
+    p = sub.add_parser(name, help=help_, description=description or help_, epilog=EPILOG)
     if config:
         p.add_argument("--config", metavar="FILE", help="YAML file whose keys are this command's option names; "
                        "options on the command line override it")
