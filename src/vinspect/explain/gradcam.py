@@ -153,11 +153,10 @@ def cam_net(spatial, head):
     return CamNet().eval()
 
 
-def grad_cam(net, pixels: np.ndarray, class_index: int, proba=None) -> tuple[np.ndarray, float, list[int]]:
-    """Grad-CAM of ``net`` (:func:`cam_net`) on one (H, W, 3) uint8 input for ``class_index``:
+def _run_cam(cam_class, net, target_layers, pixels: np.ndarray, class_index: int, proba=None):
+    """Run a ``pytorch_grad_cam`` method on :func:`cam_net` ``net`` for one (H, W, 3) uint8 input:
     (map over the input grid in 0..1, probability of the class, the layer map's size)."""
     torch = _torch()
-    from pytorch_grad_cam import GradCAM
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
     x = torch.from_numpy(np.ascontiguousarray(pixels)).permute(2, 0, 1)[None].float()
@@ -165,7 +164,7 @@ def grad_cam(net, pixels: np.ndarray, class_index: int, proba=None) -> tuple[np.
         a = net.activations(x)
     if a.ndim != 4:
         raise HeatmapUnavailable(f"the layer has no spatial map (output shape {tuple(a.shape)})")
-    cam = GradCAM(model=net, target_layers=[net.at])
+    cam = cam_class(model=net, target_layers=list(target_layers))
     try:
         with torch.enable_grad():
             mask = cam(input_tensor=x.requires_grad_(True), targets=[ClassifierOutputTarget(class_index)])[0]
@@ -174,6 +173,15 @@ def grad_cam(net, pixels: np.ndarray, class_index: int, proba=None) -> tuple[np.
         cam.activations_and_grads.release()
     p = (proba or (lambda z: torch.softmax(z, 1)))(logits)
     return mask, float(p[0, class_index]), list(a.shape[2:])
+
+
+def grad_cam(net, pixels: np.ndarray, class_index: int, proba=None) -> tuple[np.ndarray, float, list[int]]:
+    """Grad-CAM of ``net`` (:func:`cam_net`) at its layer (the hook point ``at``) on one (H, W, 3) uint8 input
+    for ``class_index``: (map over the input grid in 0..1, probability of the class, the layer map's size)."""
+    _torch()  # the torchvision guard, before pytorch_grad_cam imports torchvision
+    from pytorch_grad_cam import GradCAM
+
+    return _run_cam(GradCAM, net, [net.at], pixels, class_index, proba)
 
 
 def ablation_cam(act: np.ndarray, pooling: str, predict_proba, k: int, size_hw) -> tuple[np.ndarray, float]:
@@ -197,8 +205,8 @@ def ablation_cam(act: np.ndarray, pooling: str, predict_proba, k: int, size_hw) 
 
 
 def explain_layers(model, layer: str, n: int = 3) -> list[str]:
-    """The layers LayerCAM fuses: the model's layer and the ``n - 1`` stages before it (the candidate layers of
-    :func:`vinspect.backbones.build.candidate_layers` that have a spatial map)."""
+    """The layers LayerCAM fuses: the model's layer and the ``n - 1`` candidate layers before it
+    (:func:`vinspect.backbones.build.candidate_layers`: the stages of the backbone, in order)."""
     from ..backbones.build import candidate_layers
 
     names = candidate_layers(model)
@@ -209,21 +217,12 @@ def explain_layers(model, layer: str, n: int = 3) -> list[str]:
 
 
 def layer_cam(net, modules, pixels: np.ndarray, class_index: int, proba=None) -> tuple[np.ndarray, float]:
-    """LayerCAM (Jiang et al., IEEE TIP 2021; the ``grad-cam`` package's ``LayerCAM``) of ``net`` (float NCHW
-    0..255 -> logits) on one (H, W, 3) uint8 input, over the layers ``modules``: each layer's activations weighted
+    """LayerCAM (Jiang et al., IEEE TIP 2021; the ``grad-cam`` package's ``LayerCAM``) of ``net``
+    (:func:`cam_net`) on one (H, W, 3) uint8 input, over the layers ``modules``: each layer's activations weighted
     element-wise by their positive gradients, each map scaled to 0..1 and the layers averaged, so the finer
     earlier stages sharpen the last one's coarse map.  (map over the input grid in 0..1, probability)."""
-    torch = _torch()
+    _torch()  # the torchvision guard, before pytorch_grad_cam imports torchvision
     from pytorch_grad_cam import LayerCAM
-    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
-    x = torch.from_numpy(np.ascontiguousarray(pixels)).permute(2, 0, 1)[None].float()
-    cam = LayerCAM(model=net, target_layers=list(modules))
-    try:
-        with torch.enable_grad():
-            mask = cam(input_tensor=x.requires_grad_(True), targets=[ClassifierOutputTarget(class_index)])[0]
-        logits = cam.outputs.detach()
-    finally:
-        cam.activations_and_grads.release()
-    p = (proba or (lambda z: torch.softmax(z, 1)))(logits)
-    return mask, float(p[0, class_index])
+    mask, p, _ = _run_cam(LayerCAM, net, modules, pixels, class_index, proba)
+    return mask, p
