@@ -1,13 +1,15 @@
-"""Grad-CAM and channel ablation: where a classifier looked for its verdict.
+"""LayerCAM, Grad-CAM and channel ablation: where a classifier looked for its verdict.
 
 For a head bundle (CNN features + scikit-learn head) the method is chosen by the head:
 
-``grad-cam`` (logistic-regression heads): the bundle's StandardScaler + LogisticRegression is rebuilt as an
+``layer-cam`` (logistic-regression heads): the bundle's StandardScaler + LogisticRegression is rebuilt as an
 exact differentiable torch layer (``W' = coef / scale``, ``b' = intercept - W' . mean``; softmax for
 multinomial models, the sigmoid pair for binary ones, normalised sigmoids for one-vs-rest), checked against
 scikit-learn's ``predict_proba`` to 1e-6 before use, and put behind the backbone cut at the bundle's layer
-and its pooling.  Grad-CAM (the ``grad-cam`` package, ``pytorch_grad_cam.GradCAM``) then weights the
-layer's channels by the mean gradient of the verdict's logit.
+and its pooling.  LayerCAM (the ``grad-cam`` package, ``pytorch_grad_cam.LayerCAM``; Jiang et al. 2021) then
+weights the activations of the bundle's layer and of the two stages before it element-wise by the positive
+gradients of the verdict's logit and averages the three maps: the earlier stages (14x14 at 224 pixels) sharpen
+the layer's coarse 7x7 map, which pointed at the defect less often (see benchmarks/explain.py).
 
 ``ablation-cam`` (SVM, k-NN and any other head): these heads are not differentiable functions of the
 features that we can rebuild exactly (k-NN is piecewise constant; multi-class SVMs vote), so Grad-CAM would
@@ -19,10 +21,10 @@ C rows.  (The ``grad-cam`` package's own AblationCAM re-runs the whole network p
 fills ablated channels of layers with negative outputs with ``min - 1e7``, far outside a scaled head's
 domain; hence this direct form.)
 
-For a trained CNN (``cnn`` bundles) Grad-CAM runs on the network itself, at its last spatial layer.
+For a trained CNN (``cnn`` bundles) LayerCAM runs on the network itself (Grad-CAM at the last convolutional
+stage of the lab's small CNN).
 
-Both give a map at the layer's resolution (7x7 for the default 224-pixel input at ``blocks.6``), min-max
-scaled to 0..1 (so every map has a hot spot, even for an intact part), upsampled to the image and undone
+Every map is min-max scaled to 0..1 (so every map has a hot spot, even for an intact part), upsampled to the image and undone
 from the letterbox padding when the model used it.  Layers without a spatial map (already pooled, or token
 sequences) have no heatmap: :class:`HeatmapUnavailable`.
 """
