@@ -10,7 +10,6 @@ vinspect branches on the kind.
 from __future__ import annotations
 
 import importlib
-import io
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -232,11 +231,3 @@ def load_predictor(directory, **runtime) -> Predictor:
     """The predictor of the bundle in ``directory`` (any task), built for ``runtime`` (engine, weights ...)."""
     bundle = directory if isinstance(directory, Bundle) else load_bundle(directory)
     return predictor_class(bundle.kind)(bundle, **runtime)
-
-
-def png_bytes(array: np.ndarray) -> bytes:
-    from PIL import Image
-
-    buf = io.BytesIO()
-    Image.fromarray(array).save(buf, "PNG")
-    return buf.getvalue()
