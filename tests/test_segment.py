@@ -13,14 +13,10 @@ from PIL import Image
 
 from vinspect.errors import BadInputError
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "datasets"
+from conftest import SHARED
+from conftest import need as _need
+
 WEAR = SHARED / "insert-wear"
-
-
-def _need(p: Path) -> Path:
-    if not p.is_dir():
-        pytest.skip(f"real data not found at {p} (../shared/datasets is absent on this machine)")
-    return p
 
 
 @pytest.fixture(scope="module")

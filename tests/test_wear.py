@@ -15,14 +15,10 @@ from PIL import Image
 from vinspect.errors import BadInputError
 from vinspect.wear.measure import measure
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "datasets"
+from conftest import SHARED
+from conftest import need as _need
+
 WEAR = SHARED / "insert-wear"
-
-
-def _need(p: Path) -> Path:
-    if not p.is_dir():
-        pytest.skip(f"real data not found at {p} (../shared/datasets is absent on this machine)")
-    return p
 
 
 def synthetic_insert(width: int, slope: float = 0.0, notch: tuple[int, int, int] | None = None,
