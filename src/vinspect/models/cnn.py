@@ -114,10 +114,7 @@ class CNNPredictor(Predictor):
     def explain_pixels(self, pixels: np.ndarray, label: str | None = None):
         from ..explain.gradcam import grad_cam, layer_cam
 
-        if label is not None and label not in self.classes:
-            raise BadInputError(f"label {label!r} is not a class of the model")
-        pred = self.predict_pixels(pixels[None])[0]
-        k = self.classes.index(label or pred.label)
+        pred, k = self.explanation_target(pixels, label)
         if self.bundle.preprocessing.colour == "grey":
             pixels = pixels[..., :1]
         cnet, modules, names = self._cam()

@@ -195,10 +195,7 @@ class HeadPredictor(Predictor):
     def explain_pixels(self, pixels: np.ndarray, label: str | None = None):
         from ..explain.gradcam import ablation_cam, layer_cam
 
-        if label is not None and label not in self.classes:
-            raise BadInputError(f"label {label!r} is not a class of the model")
-        pred = self.predict_pixels(pixels[None])[0]
-        k = self.classes.index(label or pred.label)
+        pred, k = self.explanation_target(pixels, label)
         net, lin, mode, modules, names = self._cam_net()
         method, why = self.explain_method()
         if lin is not None:

@@ -167,6 +167,13 @@ class Predictor:
         lo, hi = float(m.min()), float(m.max())
         return ((m - lo) / (hi - lo) if hi > lo else np.zeros_like(m)).astype(np.float32)
 
+    def explanation_target(self, pixels: np.ndarray, label: str | None) -> tuple[Prediction, int]:
+        """(the prediction for one input, the index of the class to explain: ``label``, else the predicted one)."""
+        if label is not None and label not in self.classes:
+            raise BadInputError(f"label {label!r} is not a class of the model")
+        pred = self.predict_pixels(pixels[None])[0]
+        return pred, self.classes.index(label or pred.label)
+
     def explain_pixels(self, pixels: np.ndarray, label: str | None = None) -> tuple[np.ndarray, Prediction, dict]:
         """(map over the input grid, the prediction, facts); default: the prediction's own map."""
         pred = self.predict_pixels(pixels[None])[0]
