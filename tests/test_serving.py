@@ -562,8 +562,16 @@ def test_cli_refusals_are_one_line_exit_2(tmp_path, capsys, model_dir):
     assert "no such database file" in err and len(err.strip().splitlines()) == 1
     assert _run_cli("inspections", "export", "--db", f"sqlite:///{tmp_path / 'none.sqlite3'}") == 2
     assert "missing --csv" in capsys.readouterr().err
-    assert _run_cli("inspections") == 2
-    assert "missing ACTION" in capsys.readouterr().err
+    assert _run_cli("inspections") == 2  # a group without its sub-command: its usage, as every group
+    assert "SUBCOMMAND" in capsys.readouterr().err
+    bad = tmp_path / "serve.yaml"
+    bad.write_text("portt: 8123\n")  # --config: an unknown option is named, with the valid ones
+    assert _run_cli("serve", "--config", bad, tmp_path / "no-model") == 2
+    err = capsys.readouterr().err
+    assert "unknown option 'portt' for 'serve'" in err and len(err.strip().splitlines()) == 1
+    bad.write_text("port: 70000\n")  # a config value goes through the same checks as the option
+    assert _run_cli("serve", "--config", bad, model_dir) == 2
+    assert "--port 70000" in capsys.readouterr().err
     assert _run_cli("serve", tmp_path / "no-model") == 2
     err = capsys.readouterr().err
     assert "not a vinspect model directory" in err and len(err.strip().splitlines()) == 1

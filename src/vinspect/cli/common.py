@@ -19,21 +19,22 @@ class Parser(argparse.ArgumentParser):
 
 
 def command(sub, name: str, help_: str, func, config: bool = True, full_name: str | None = None,
-            description: str | None = None) -> argparse.ArgumentParser:
+            description: str | None = None, epilog: str = EPILOG,
+            quiet_help: str = "no progress bars") -> argparse.ArgumentParser:
     """A sub-command with the standard options; ``func(args) -> exit code``; ``full_name`` (e.g.
     "classify train") names it in messages; ``description``: a longer text for --help than ``help_``."""
-    p = sub.add_parser(name, help=help_, description=description or help_, epilog=EPILOG)
+    p = sub.add_parser(name, help=help_, description=description or help_, epilog=epilog)
     if config:
         p.add_argument("--config", metavar="FILE", help="YAML file whose keys are this command's option names; "
                        "options on the command line override it")
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    p.add_argument("-q", "--quiet", action="store_true", help=quiet_help)
     p.set_defaults(func=func, _parser=p, _name=full_name or name)
     return p
 
 
-def group(sub, name: str, help_: str, description: str | None = None):
+def group(sub, name: str, help_: str, description: str | None = None, epilog: str = EPILOG):
     """A command group (``vinspect NAME SUBCOMMAND``): returns its sub-parsers action."""
-    gp = sub.add_parser(name, help=help_, description=description or help_, epilog=EPILOG)
+    gp = sub.add_parser(name, help=help_, description=description or help_, epilog=epilog)
     gp.set_defaults(func=lambda args: _usage(gp), _parser=gp)
     return gp.add_subparsers(dest=f"{name}_command", metavar="SUBCOMMAND", parser_class=Parser)
 

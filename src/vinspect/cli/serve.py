@@ -1,6 +1,6 @@
 """``vinspect serve`` and ``vinspect inspections export``: argparse sub-commands for vinspect's CLI.
 
-Wire them in with ``add_parsers(sub, parser_class)``; each sets ``func`` returning an exit code and raises
+Wired in with ``add_parser(sub, parser_class)``; each sets ``func`` returning an exit code and raises
 :class:`~vinspect.errors.BadInputError` for bad input (the CLI turns it into one line and exit 2).
 """
 
@@ -12,6 +12,7 @@ import os
 import sys
 
 from ..errors import BadInputError, VinspectError
+from .common import command, group
 from ..serving.limits import (DEFAULT_DB_FILE, DEFAULT_DECODE_MEMORY, DEFAULT_HEADER_TIMEOUT_S,
                               DEFAULT_LIMIT_CONCURRENCY, DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS,
                               DEFAULT_REQUEST_TIMEOUT_S)
@@ -25,13 +26,11 @@ DB_ENV = "VINSPECT_DB"
 
 
 def add_parser(subparsers, parser_class=argparse.ArgumentParser) -> None:
-    p = subparsers.add_parser(
-        "serve", help="serve a model over HTTP: inspection API, operator page, inspection log",
-        description="Serve a model bundle of any task (classify, anomaly, segment ...) over HTTP: POST /v1/inspect, the inspection log "
-                    "(GET /v1/inspections), heatmaps, /metrics, /healthz, the API docs at /docs and the operator "
-                    "page at /.", epilog=EPILOG)
-    p.add_argument("--config", metavar="FILE", help="YAML file whose keys are this command's option names")
-    p.add_argument("-q", "--quiet", action="store_true", help="log warnings only (no access log)")
+    p = command(subparsers, "serve", "serve a model over HTTP: inspection API, operator page, inspection log",
+                cmd_serve, epilog=EPILOG, quiet_help="log warnings only (no access log)",
+                description="Serve a model bundle of any task (classify, anomaly, segment ...) over HTTP: POST "
+                            "/v1/inspect, the inspection log (GET /v1/inspections), heatmaps, /metrics, /healthz, the "
+                            "API docs at /docs and the operator page at /.")
     p.add_argument("model", nargs="?", metavar="MODEL_DIR", help="a model bundle folder (vinspect train --out, or any task's train)")
     p.add_argument("--host", default="127.0.0.1",
                    help="address to bind (default: %(default)s, this machine only; 0.0.0.0 exposes the service "
@@ -80,17 +79,13 @@ def add_parser(subparsers, parser_class=argparse.ArgumentParser) -> None:
     g.add_argument("--ok-class", action="append", metavar="CLASS",
                    help="a class that means 'not damaged', repeatable (default: classes named intact, ok, good, "
                         "normal, ...; a model with none counts every verdict as damaged)")
-    p.set_defaults(func=cmd_serve)
 
-    p = subparsers.add_parser("inspections", help="the inspection log: export",
-                              description="Work with the inspection log of vinspect serve.", epilog=EPILOG)
-    sub = p.add_subparsers(dest="inspections_command", metavar="ACTION", parser_class=parser_class)
-    p.set_defaults(func=_missing_action(p))
-    e = sub.add_parser("export", help="write inspections as CSV for the quality records",
-                       description="Write the inspection log (oldest first) as CSV: one row per inspection with "
-                                   "the verdict, one p_<class> column per class, part, station, model and image "
-                                   "identity.", epilog=EPILOG)
-    e.add_argument("-q", "--quiet", action="store_true", help="no summary line")
+    sub = group(subparsers, "inspections", "the inspection log: export",
+                description="Work with the inspection log of vinspect serve.", epilog=EPILOG)
+    e = command(sub, "export", "write inspections as CSV for the quality records", cmd_export, config=False,
+                full_name="inspections export", epilog=EPILOG, quiet_help="no summary line",
+                description="Write the inspection log (oldest first) as CSV: one row per inspection with the "
+                            "verdict, one p_<class> column per class, part, station, model and image identity.")
     e.add_argument("--db", metavar="URL", help=f"SQLAlchemy URL (default: ${DB_ENV} or sqlite:///{DEFAULT_DB_FILE})")
     e.add_argument("--since", help="from this time: ISO 8601 (UTC if no offset) or relative (30m, 12h, 7d)")
     e.add_argument("--until", help="up to this time (exclusive), same forms")
@@ -99,13 +94,6 @@ def add_parser(subparsers, parser_class=argparse.ArgumentParser) -> None:
     e.add_argument("--label", action="append", help="only this verdict, repeatable")
     e.add_argument("--station", help="only this station")
     e.add_argument("--csv", metavar="FILE", help="output file ('-': standard output) (required)")
-    e.set_defaults(func=cmd_export)
-
-
-def _missing_action(p):
-    def f(_args) -> int:
-        raise BadInputError(f"inspections: missing ACTION (export); see: {p.prog} --help")
-    return f
 
 
 def _db_url(args) -> str | None:
