@@ -11,6 +11,12 @@ imported, and only when the extension really fails to load.  With a working torc
 
 Call :func:`ensure_torchvision` before the first ``import torchvision`` / ``import timm``;
 ``vinspect.backbones`` does it on import.
+
+Detection (``vinspect detect``: torchvision's FCOS) needs one of those operators for real: ``nms``.
+:func:`ensure_nms` gives it a pure-torch CPU kernel (greedy non-maximum suppression, the same rule as
+torchvision's C++ one: a box is dropped when its IoU with a kept, higher-scoring box exceeds the threshold) and
+lets ``torchvision.ops.nms`` / ``batched_nms`` reach it; again only when the compiled extension failed to load.
+FCOS and RetinaNet need nothing else compiled (Faster R-CNN would: ``roi_align``).
 """
 
 from __future__ import annotations
@@ -72,4 +78,63 @@ def ensure_torchvision() -> bool:
         except RuntimeError:  # defined meanwhile by someone else
             pass
     _state["patched"] = True
+    return True
+
+
+def nms_reference(dets, scores, iou_threshold: float):
+    """Greedy NMS in numpy (float32, like the C++ kernel): indices of the kept boxes, by decreasing score."""
+    import numpy as np
+    import torch
+
+    if dets.numel() == 0:
+        return torch.empty(0, dtype=torch.long, device=dets.device)
+    b = dets.detach().to("cpu", torch.float32).numpy()
+    s = scores.detach().to("cpu", torch.float32).numpy()
+    x1, y1, x2, y2 = b[:, 0], b[:, 1], b[:, 2], b[:, 3]
+    areas = (x2 - x1) * (y2 - y1)
+    order = np.argsort(-s, kind="stable")
+    keep = []
+    while order.size:
+        i = order[0]
+        keep.append(i)
+        rest = order[1:]
+        w = np.maximum(0.0, np.minimum(x2[i], x2[rest]) - np.maximum(x1[i], x1[rest]))
+        h = np.maximum(0.0, np.minimum(y2[i], y2[rest]) - np.maximum(y1[i], y1[rest]))
+        inter = w * h
+        union = areas[i] + areas[rest] - inter
+        iou = np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
+        order = rest[~(iou > iou_threshold)]
+    return torch.as_tensor(np.asarray(keep, dtype=np.int64), device=dets.device)
+
+
+_nms_state: dict[str, bool] = {"done": False, "kernel": False}
+
+
+def _assert_nms_kernel() -> None:
+    """Stands in for torchvision.ops.boxes' ``_assert_has_ops`` once ``nms`` has the kernel above."""
+
+
+def ensure_nms() -> bool:
+    """Make ``torchvision.ops.nms`` / ``batched_nms`` work.  Returns True when the pure-torch kernel was
+    registered (torchvision's extension did not load), False when torchvision's own kernel is used."""
+    if _nms_state["done"]:
+        return _nms_state["kernel"]
+    patched = ensure_torchvision()
+    import torch
+    import torchvision.ops.boxes as tv_boxes
+
+    from torchvision.extension import _has_ops
+
+    if not patched and _has_ops():
+        _nms_state.update(done=True, kernel=False)
+        return False
+    global _library
+    if _library is None:  # the extension failed after torchvision had been imported by someone else
+        _library = torch.library.Library("torchvision", "FRAGMENT")
+    try:
+        _library.impl("nms", nms_reference, "CPU")
+    except RuntimeError:  # a kernel is already there (registered by an earlier Library object)
+        pass
+    tv_boxes._assert_has_ops = _assert_nms_kernel  # nms and batched_nms only; other operators stay missing
+    _nms_state.update(done=True, kernel=True)
     return True

@@ -22,7 +22,7 @@ from .common import EPILOG, Parser, apply_config
 _Parser = Parser  # the name command-group modules received before the split
 
 # command groups, each a module of this package exposing add_parser(subparsers, parser_class)
-GROUP_MODULES = ("serve", "thermo", "segment", "wear", "anomaly")
+GROUP_MODULES = ("serve", "thermo", "segment", "wear", "anomaly", "detect")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -9,4 +9,4 @@ predictor.
 """
 
 # modules holding the registered predictor kinds (imported lazily, on the first bundle of an unknown kind)
-KINDS = ("head", "cnn", "anomaly", "segment")
+KINDS = ("head", "cnn", "anomaly", "segment", "detect")

@@ -98,6 +98,12 @@ class Inspection(BaseModel):
     image_url: str | None = None
     thumbnail_url: str | None = None
     heatmap_url: str | None = None
+    details: dict[str, Any] | None = Field(None, description="what the kind of model adds to its verdict, in the "
+                                                             "answer to POST /v1/inspect only (not logged): the "
+                                                             "boxes of a detection model (class, score, box on the "
+                                                             "input grid, box_relative: fractions of the image's "
+                                                             "width and height), a segmenter's regions, an anomaly "
+                                                             "threshold")
 
 
 class InspectionList(BaseModel):
@@ -574,7 +580,7 @@ def create_app(service: Service) -> FastAPI:
         svc.metrics.latency.observe(latency_ms / 1000)
         svc.metrics.model_time.observe(verdict.model_ms / 1000)
         row["id"] = new_id
-        return JSONResponse(svc.record_json(row))
+        return JSONResponse({**svc.record_json(row), "details": verdict.extra or None})
 
     async def _verdict(data: bytes):
         """Decode (bounded pool and memory) and run the model; cancelled when the request's deadline passes

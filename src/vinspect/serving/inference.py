@@ -39,7 +39,8 @@ log = logging.getLogger("vinspect.serving")
 
 # classes that mean "not damaged" unless --ok-class says otherwise
 OK_CLASS_NAMES = {"intact", "ok", "good", "normal", "pass", "passed", "functional", "no_defect", "nodefect",
-                  "no-defect", "non_defective", "non-defective", "defect_free", "defect-free", "undamaged"}
+                  "no-defect", "non_defective", "non-defective", "defect_free", "defect-free", "undamaged",
+                  "background"}  # segment and detect models: nothing found
 
 
 class Rejection(Exception):

@@ -34,20 +34,25 @@ class AugmentConfig:
     def as_dict(self) -> dict:
         return asdict(self)
 
-    def build(self, size: tuple[int, int], with_mask: bool = False):
+    def build(self, size: tuple[int, int], with_mask: bool = False, with_boxes: bool = False):
         """A transform of one (C, H, W) uint8 tensor -> float tensor in 0..255 (None when nothing is enabled).
 
         ``with_mask``: a transform of ``(image, mask)`` -> ``(image, mask)`` instead, for segmentation: the
         geometric operations (crop, flips, rotations, affine) move the (H, W) mask of class indices with the
         image (nearest neighbour, zeros where the image is padded); the photometric ones leave it alone.
+        ``with_boxes``: a transform of ``(image, target)`` -> ``(image, target)`` for detection, ``target`` a dict
+        with ``boxes`` (K, 4) xyxy pixels and ``labels`` (K,): the geometric operations move the boxes (the box
+        around each moved box), and boxes left smaller than 2 pixels are dropped with their labels.
         """
         if not self.enabled:
             return None
+        if with_boxes:
+            return _BoxTransform(self._compose(size, True, boxes=True))
         if with_mask:
             return _PairTransform(self._compose(size, True))
         return self._compose(size, False)
 
-    def _compose(self, size: tuple[int, int], with_mask: bool):
+    def _compose(self, size: tuple[int, int], with_mask: bool, boxes: bool = False):
         from .._torchvision_guard import ensure_torchvision
 
         ensure_torchvision()
@@ -92,6 +97,9 @@ class AugmentConfig:
         if self.noise:
             ops.append(T.GaussianNoise(sigma=self.noise, clip=True))
         ops.append(_image_only(lambda x: x * 255.0))
+        if boxes:
+            ops.append(T.ClampBoundingBoxes())
+            ops.append(T.SanitizeBoundingBoxes(min_size=2))
         return T.Compose(ops)
 
 
@@ -107,6 +115,25 @@ class _PairTransform:
 
         x, m = self.compose(tv_tensors.Image(image), tv_tensors.Mask(mask))
         return x.as_subclass(torch.Tensor), m.as_subclass(torch.Tensor).long()
+
+
+class _BoxTransform:
+    """(C, H, W) uint8 image tensor, {boxes (K, 4) xyxy, labels (K,)} -> (float image in 0..255, target)."""
+
+    def __init__(self, compose):
+        self.compose = compose
+
+    def __call__(self, image, target):
+        import torch
+        from torchvision import tv_tensors
+
+        h, w = image.shape[-2:]
+        sample = {"image": tv_tensors.Image(image),
+                  "boxes": tv_tensors.BoundingBoxes(target["boxes"], format="XYXY", canvas_size=(h, w)),
+                  "labels": target["labels"]}
+        out = self.compose(sample)
+        return out["image"].as_subclass(torch.Tensor), {"boxes": out["boxes"].as_subclass(torch.Tensor).float(),
+                                                        "labels": out["labels"].long()}
 
 
 PRESETS = {

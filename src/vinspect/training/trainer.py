@@ -196,7 +196,7 @@ def _score(net, loader, loss_fn, device, counts=_Classify.counts) -> tuple[float
 def fit(net: nn.Module, cfg: TrainConfig, train_images: np.ndarray, train_labels: np.ndarray,
         val_images: np.ndarray | None, val_labels: np.ndarray | None, n_classes: int,
         checkpoint: str | Path | None = None, fingerprint: str = "", progress: bool = True,
-        desc: str = "train", task: str = "classify") -> dict:
+        desc: str = "train", task: str = "classify", objective=None) -> dict:
     """Train ``net`` in place through the method's stages; returns ``{history, best_epoch, resumed_from, ...}``.
 
     With ``checkpoint``, the state after each epoch is written there and a matching checkpoint (same
@@ -206,6 +206,12 @@ def fit(net: nn.Module, cfg: TrainConfig, train_images: np.ndarray, train_labels
     ``task="segment"``: the labels are (N, H, W) uint8 masks of class indices, the network returns per-pixel
     logits (one channel when ``n_classes`` is 2), augmentation moves each mask with its image, the loss is
     Dice + BCE/cross-entropy, one stage trains every layer, and the history reports ``train_iou``/``val_iou``.
+
+    ``objective``: a task defined outside this module (detection: ``vinspect.detect.train.DetectObjective``)
+    brings its own data and steps: ``transform(cfg, size)``, ``dataset(images, labels, transform)``, ``collate``,
+    ``to_device(y, device)``, ``train_step(net, x, y) -> (loss, outputs)``, ``counts(outputs, y)``,
+    ``score(net, loader, device) -> (val loss, val metric)``, ``metric``/``short`` and ``val_batch_size``; one
+    stage trains every layer, with the same schedule, early stopping, checkpoints and history.
     """
     from torch.utils.data import DataLoader
     from tqdm.auto import tqdm
@@ -215,18 +221,27 @@ def fit(net: nn.Module, cfg: TrainConfig, train_images: np.ndarray, train_labels
     net.to(device, memory_format=CL)
     size = tuple(train_images.shape[1:3])
     seg = task == "segment"
-    transform = cfg.augment.build(size, with_mask=seg)
-    train_ds = (MaskArrayDataset if seg else ArrayDataset)(train_images, train_labels, transform)
+    custom = objective is not None
+    if custom:
+        transform, make_ds, collate = objective.transform(cfg, size), objective.dataset, objective.collate
+        val_bs = max(objective.val_batch_size, cfg.batch_size)
+    else:
+        transform, collate = cfg.augment.build(size, with_mask=seg), None
+        make_ds = MaskArrayDataset if seg else ArrayDataset
+        val_bs = max(16 if seg else 64, cfg.batch_size)
+    train_ds = make_ds(train_images, train_labels, transform)
     gen = torch.Generator().manual_seed(cfg.seed)
-    loader = DataLoader(train_ds, batch_size=cfg.batch_size, shuffle=True, generator=gen,
+    loader = DataLoader(train_ds, batch_size=cfg.batch_size, shuffle=True, generator=gen, collate_fn=collate,
                         drop_last=len(train_ds) > cfg.batch_size and len(train_ds) % cfg.batch_size == 1)
     has_val = val_images is not None and len(val_images) > 0
-    val_loader = (DataLoader((MaskArrayDataset if seg else ArrayDataset)(val_images, val_labels),
-                             batch_size=max(16 if seg else 64, cfg.batch_size)) if has_val else None)
-    objective = (_Segment if seg else _Classify)(cfg, train_labels, n_classes, device)
-    loss_fn, val_loss_fn, counts = objective.loss_fn, objective.val_loss_fn, objective.counts
+    val_loader = (DataLoader(make_ds(val_images, val_labels, None), batch_size=val_bs, collate_fn=collate)
+                  if has_val else None)
+    if not custom:
+        objective = (_Segment if seg else _Classify)(cfg, train_labels, n_classes, device)
+    loss_fn, val_loss_fn, counts = getattr(objective, "loss_fn", None), getattr(objective, "val_loss_fn", None), \
+        objective.counts
     metric, short = objective.metric, objective.short
-    stages = [("all", cfg.epochs, cfg.lr)] if seg else stages_for(cfg)
+    stages = [("all", cfg.epochs, cfg.lr)] if (seg or custom) else stages_for(cfg)
 
     state = {"stage": 0, "epoch": 0, "history": [], "best": None, "best_loss": math.inf, "bad": 0,
              "best_epochs": [], "best_in_stage": 0, "train_seconds": 0.0}
@@ -274,25 +289,32 @@ def fit(net: nn.Module, cfg: TrainConfig, train_images: np.ndarray, train_labels
                 seen = correct = total = 0
                 run_loss = 0.0
                 for x, y in loader:
-                    x, y = x.to(device, memory_format=CL), y.to(device)
+                    x = x.to(device, memory_format=CL)
+                    y = objective.to_device(y, device) if custom else y.to(device)
                     opt.zero_grad(set_to_none=True)
-                    logits = net(x)
-                    loss = loss_fn(logits, y)
+                    if custom:
+                        loss, logits = objective.train_step(net, x, y)
+                    else:
+                        logits = net(x)
+                        loss = loss_fn(logits, y)
                     loss.backward()
                     opt.step()
                     run_loss += float(loss.detach()) * len(y)
-                    a, b = counts(logits.detach(), y)
+                    a, b = counts(logits.detach() if logits is not None else None, y)
                     correct += a
                     total += b
                     seen += len(y)
                     bar.set_postfix(stage=name, loss=f"{run_loss / seen:.3f}",
-                                    **{short: f"{correct / max(total, 1):.3f}"}, refresh=False)
+                                    **{short: f"{correct / total:.3f}" if total else "-"}, refresh=False)
                 cur_lr = opt.param_groups[0]["lr"]
                 sched.step()
                 row = {"stage": name, "epoch": state["epoch"] + 1, "lr": cur_lr,
-                       "train_loss": run_loss / max(seen, 1), f"train_{metric}": correct / max(total, 1)}
+                       "train_loss": run_loss / max(seen, 1),
+                       f"train_{metric}": correct / total if total else float("nan")}
                 if has_val:
-                    row["val_loss"], row[f"val_{metric}"] = _score(net, val_loader, val_loss_fn, device, counts)
+                    row["val_loss"], row[f"val_{metric}"] = (
+                        objective.score(net, val_loader, device) if custom
+                        else _score(net, val_loader, val_loss_fn, device, counts))
                 row["seconds"] = time.perf_counter() - t0
                 state["train_seconds"] += row["seconds"]
                 state["history"].append(row)
