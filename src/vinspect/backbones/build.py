@@ -148,7 +148,12 @@ def layer_shapes(model: nn.Module, image_size: int) -> list[tuple[str, tuple[int
 
 
 def check_layer(model: nn.Module, layer: str, name: str) -> None:
+    """Refuse an unknown layer (several layers joined by "+", e.g. ``blocks.5+blocks.6``, are each checked)."""
     modules = dict(model.named_modules())
+    if "+" in layer:
+        for part in layer.split("+"):
+            check_layer(model, part, name)
+        return
     if layer not in modules or layer == "":
         valid = ", ".join(candidate_layers(model))
         raise BadInputError(f"unknown layer {layer!r} for backbone {name!r}; valid layers: {valid} "

@@ -20,37 +20,46 @@ class Truncated(nn.Module):
     def __init__(self, model: nn.Module, layer: str, fx: bool = True):
         super().__init__()
         self.layer = layer
+        # several layers joined by "+" (e.g. "blocks.5+blocks.6"): forward returns their maps as a list
+        self.layers = layer.split("+")
         self.fx = False
         self.net = model
         if fx:
             try:
                 from timm.models import create_feature_extractor
 
-                self.net = create_feature_extractor(model, return_nodes={layer: "out"})
+                self.net = create_feature_extractor(model, return_nodes={n: f"out{i}" for i, n in
+                                                                         enumerate(self.layers)})
                 self.fx = True
             except Exception:  # noqa: BLE001 - architectures FX cannot trace fall back to a hook
                 pass
 
     def forward(self, x):
         if self.fx:
-            return self.net(x)["out"]
+            out = self.net(x)
+            return out["out0"] if len(self.layers) == 1 else [out[f"out{i}"] for i in range(len(self.layers))]
         box = {}
 
         class _Stop(Exception):
             pass
 
-        def hook(_m, _i, out):
-            box["out"] = out
-            raise _Stop
+        def hooker(name):
+            def hook(_m, _i, out):
+                box[name] = out
+                if len(box) == len(self.layers):
+                    raise _Stop
+            return hook
 
-        h = dict(self.net.named_modules())[self.layer].register_forward_hook(hook)
+        modules = dict(self.net.named_modules())
+        hs = [modules[n].register_forward_hook(hooker(n)) for n in self.layers]
         try:
             self.net(x)
         except _Stop:
             pass
         finally:
-            h.remove()
-        return box["out"]
+            for h in hs:
+                h.remove()
+        return box[self.layer] if len(self.layers) == 1 else [box[n] for n in self.layers]
 
 
 class BackboneCut(nn.Module):

@@ -41,6 +41,7 @@ def add_commands(sub, prefix: str = "") -> None:
     _add_extraction(p)
     _add_head(p)
     _add_training(p)
+    _add_auto(p)
     g = p.add_argument_group("protocol")
     g.add_argument("--splits", type=int, default=10, help="number of random splits (default: %(default)s)")
     g.add_argument("--test-size", type=float, default=0.3, help="test fraction of each split (default: %(default)s)")
@@ -52,6 +53,7 @@ def add_commands(sub, prefix: str = "") -> None:
     _add_extraction(p)
     _add_head(p)
     _add_training(p, train=True)
+    _add_auto(p, train=True)
     p.add_argument("--eval-splits", type=int,
                    help="also measure accuracy on this many 70/30 splits, stored in model.json (0: skip; "
                         "default: 5 for method head, 0 for the CNN methods, which train a network per split)")
@@ -86,8 +88,8 @@ def _add_extraction(p: argparse.ArgumentParser, data: bool = True) -> None:
     g.add_argument("--backbone", default=DEFAULT_BACKBONE,
                    help="registry name or timm architecture (default: %(default)s; list: vinspect backbones)")
     g.add_argument("--layer", help="layer to extract from (default: the backbone's; list: vinspect layers NAME)")
-    g.add_argument("--pool", default="avg", choices=["avg", "max", "avgmax"],
-                   help="pooling of spatial layers (default: %(default)s)")
+    g.add_argument("--pool", default="avg", choices=["avg", "max", "avgmax", "gem"],
+                   help="pooling of spatial layers; gem: generalised mean, p=3 (default: %(default)s)")
     g.add_argument("--image-size", type=int, help="input size in pixels (default: the backbone's)")
     g.add_argument("--resize", default="squash", choices=["squash", "letterbox"],
                    help="squash to a square, or keep the aspect ratio and pad (default: %(default)s)")
@@ -103,11 +105,45 @@ def _add_extraction(p: argparse.ArgumentParser, data: bool = True) -> None:
 
 def _add_head(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("classifier")
-    g.add_argument("--head", default="logreg", choices=["logreg", "svm-linear", "svm-rbf", "knn"],
+    g.add_argument("--head", default="logreg", choices=["logreg", "svm-linear", "svm-rbf", "knn", "rf"],
                    help="scikit-learn classifier behind a standard scaler (default: %(default)s)")
     g.add_argument("--class-weight", choices=["balanced", "none"], help="re-weight classes for imbalanced data")
     g.add_argument("--seed", type=int, default=0,
                    help="seed of the splits and of CNN training (default: %(default)s)")
+
+
+DEFAULT_SELECT = "balanced_accuracy"  # = vinspect.selection.search.DEFAULT_SELECT (a test checks), without
+# importing scikit-learn to build the parser
+
+
+def _add_auto(p: argparse.ArgumentParser, train: bool = False) -> None:
+    g = p.add_argument_group("automatic model selection (see the README: Automatic model selection)")
+    g.add_argument("--auto", action="store_true",
+                   help="choose layer(s), pooling, resolution, head, its hyper-parameters and class weights "
+                        + ("by successive halving on stratified folds of every image, then save the chosen "
+                           "configuration as a normal bundle" if train else
+                           "inside each outer split, on its training part only (nested), and report the outer "
+                           "scores"))
+    g.add_argument("--budget", default="10m", metavar="TIME",
+                   help="wall-clock time for the search (head fits; extraction comes on top, once per resolution, "
+                        "cached), e.g. 90s, 10m, 1h" + ("" if train else ", shared by the outer splits")
+                        + " (default: %(default)s)")
+    g.add_argument("--select", default=DEFAULT_SELECT, choices=["accuracy", "balanced_accuracy"],
+                   help="inner score to maximise; balanced accuracy equals accuracy on balanced classes and "
+                        "keeps a rare defect class from being traded away (default: %(default)s)")
+
+
+_AUTO_FIXED = {"layer": None, "pool": "avg", "image_size": None, "resize": "squash", "head": "logreg",
+               "class_weight": None, "quantize": None, "method": "head", "random_init": False, "ensemble": None}
+
+
+def _check_auto(args) -> None:
+    for k, default in _AUTO_FIXED.items():
+        if getattr(args, k, default) != default:
+            raise BadInputError(f"--auto chooses the configuration itself: drop --{k.replace('_', '-')} "
+                                f"(or drop --auto)")
+    if args.precision not in (None, "fp32"):
+        raise BadInputError(f"--auto runs fp32 features: drop --precision {args.precision}")
 
 
 def _add_training(p: argparse.ArgumentParser, train: bool = False) -> None:
@@ -206,6 +242,8 @@ def cmd_evaluate(args) -> int:
 
     need(args, "data")
     out = Path(args.out) if args.out else default_out("evaluate", args.data)
+    if args.auto:
+        return _evaluate_auto(args, out)
     if args.method != "head":
         return _evaluate_cnn(args, out)
     ex = extractor_from(args)
@@ -220,6 +258,41 @@ def cmd_evaluate(args) -> int:
           f"{res['n_computed']} computed" + (f" at {rate:.1f} images/s" if rate and res['n_computed'] else "")
           + f", {res['cache_hits']} from the cache; {res['total_seconds']:.1f} s")
     print(f"results: {out / 'results.txt'}  {out / 'results.json'}  {out / 'confusion_matrix.png'}")
+    return 0
+
+
+def _evaluate_auto(args, out: Path) -> int:
+    from ..pipeline.auto import evaluate_auto
+
+    _check_auto(args)
+    res = evaluate_auto(args.data, args.backbone, args.classes, args.splits, args.test_size, args.kfold, args.seed,
+                        args.budget, args.select, args.cache, args.engine, args.batch_size, args.workers,
+                        args.weights, out, progress=not args.quiet)
+    report_skipped(res["skipped"])
+    print(f"auto: accuracy {res['accuracy_mean']:.4f} +- {res['accuracy_std']:.4f}, balanced "
+          f"{res['balanced_accuracy_mean']:.4f} +- {res['balanced_accuracy_std']:.4f} (majority baseline "
+          f"{res['majority_baseline']:.4f}) over {res['splits']} outer splits, selected on inner {res['select']}; "
+          f"{res['n_images']} images, {len(res['skipped'])} skipped; search {res['search_seconds']:.0f} s"
+          + (f" (budget reached in {len(res['budget_reached_splits'])} splits)" if res["budget_reached_splits"]
+             else "") + f", {res['total_seconds']:.0f} s in all")
+    for label, n in res["chosen_counts"].items():
+        print(f"  chosen in {n} split{'s' if n > 1 else ''}: {label}")
+    print(f"results: {out / 'results.txt'}  {out / 'results.json'}")
+    return 0
+
+
+def _train_auto(args) -> int:
+    from ..pipeline.auto import train_auto
+
+    _check_auto(args)
+    b = train_auto(args.data, args.out, args.backbone, args.classes, args.seed, args.budget, args.select,
+                   args.cache, args.engine, args.batch_size, args.workers, args.weights, progress=not args.quiet)
+    report_skipped(b.training["skipped"])
+    m, sel = b.metrics, b.metrics["selection"]
+    print(f"model -> {args.out}: chose {sel['chosen']['label']} (inner {sel['select']} "
+          f"{m['inner_cv_' + sel['select']]:.4f} over {sel['inner_folds']} folds, {sel['fits']} fits in "
+          f"{sel['seconds']:.0f} s" + (", budget reached" if sel["budget_reached"] else "")
+          + f"); classes {', '.join(b.classes)}, {b.training['n_images']} images")
     return 0
 
 
@@ -269,6 +342,8 @@ def cmd_train(args) -> int:
     from ..pipeline import train
 
     need(args, "data", "out")
+    if args.auto:
+        return _train_auto(args)
     if args.method != "head":
         return _train_cnn(args)
     ex = extractor_from(args)

@@ -38,6 +38,10 @@ SKOPS_ALLOWED = {
     ("sklearn.neighbors._classification.KNeighborsClassifier", "ObjectNode"),
     ("sklearn.neighbors._kd_tree.KDTree", "ObjectNode"),
     ("sklearn.metrics._dist_metrics.EuclideanDistance64", "ObjectNode"),
+    # the random forest head (rf): its trees are skops TreeNodes (arrays of nodes and values, no code)
+    ("sklearn.ensemble._forest.RandomForestClassifier", "ObjectNode"),
+    ("sklearn.tree._classes.DecisionTreeClassifier", "ObjectNode"),
+    ("sklearn.tree._tree.Tree", "TreeNode"),
 }
 
 
@@ -196,6 +200,12 @@ class HeadPredictor(Predictor):
         from ..explain.gradcam import ablation_cam, layer_cam
 
         pred, k = self.explanation_target(pixels, label)
+        b = self.bundle.backbone or {}
+        if "+" in str(b.get("layer")) or b.get("pool") == "gem":
+            from ..explain.gradcam import HeatmapUnavailable
+
+            raise HeatmapUnavailable(f"no heatmap yet for {b.get('layer')} with {b.get('pool')} pooling (several "
+                                     f"layers joined, or GeM pooling, as --auto may choose)")
         net, lin, mode, modules, names = self._cam_net()
         method, why = self.explain_method()
         if lin is not None:

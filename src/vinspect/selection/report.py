@@ -1,0 +1,47 @@
+"""``results.txt`` of ``evaluate --auto``: the outer scores, the choice of each outer split and the inner scores."""
+
+from __future__ import annotations
+
+TOP_LINES = 12  # candidates listed per split in results.txt (every one is in results.json)
+
+
+def auto_text(res: dict) -> str:
+    sel = res["select"]
+    lines = [
+        f"vinspect evaluate --auto: {res['data']}",
+        f"backbone {res['backbone']}; nested selection over {res['search_space']['feature_variants']} feature "
+        f"variants x {len(res['search_space']['heads'])} heads; selected on inner {sel}",
+        f"images {res['n_images']} in {len(res['classes'])} classes; skipped {len(res['skipped'])}",
+        f"protocol: {res['splits']} outer " + (f"{res['kfold']}-fold" if res.get("kfold") else
+                                              f"stratified {round((1 - res['test_size']) * 100)}/"
+                                              f"{round(res['test_size'] * 100)} splits")
+        + f", seed {res['seed']}; inner: stratified folds of each outer training part only",
+        f"budget {res['budget_seconds']:.0f} s ({res['budget_per_split_seconds']:.0f} s per outer split); "
+        f"reached in splits: {res['budget_reached_splits'] or 'none'}",
+        "",
+        f"accuracy           {res['accuracy_mean']:.4f} +- {res['accuracy_std']:.4f} (outer test parts)",
+        f"balanced accuracy  {res['balanced_accuracy_mean']:.4f} +- {res['balanced_accuracy_std']:.4f}",
+        f"majority baseline  {res['majority_baseline']:.4f}",
+        "per split: " + " ".join(f"{a:.4f}" for a in res["per_split"]),
+        "",
+        f"{'class':<20}{'precision':>10}{'recall':>10}{'f1':>10}{'support':>10}",
+    ]
+    for c, m in res["per_class"].items():
+        lines.append(f"{c:<20}{m['precision']:>10.4f}{m['recall']:>10.4f}{m['f1']:>10.4f}{m['support']:>10d}")
+    lines += ["", "chosen configurations (outer splits):"]
+    for label, n in res["chosen_counts"].items():
+        lines.append(f"  {n:>3} x  {label}")
+    for d in res["outer"]:
+        lines += ["", f"outer split {d['split']}: chose {d['chosen']['label']}; outer accuracy {d['accuracy']:.4f}, "
+                      f"balanced {d['balanced_accuracy']:.4f}; {d['fits']} inner fits in {d['seconds']:.1f} s"
+                      + (" (budget reached)" if d["budget_reached"] else ""),
+                  f"  inner {sel} (mean over the folds scored), best {min(TOP_LINES, len(d['candidates']))} of "
+                  f"{len(d['candidates'])} candidates:"]
+        key = "mean_" + sel
+        for r in sorted(d["candidates"], key=lambda r: (-r["n_folds"], -r[key]))[:TOP_LINES]:
+            lines.append(f"    {r[key]:.4f} ({r['n_folds']} folds)  {r['label']}")
+    if res["skipped"]:
+        lines += ["", "skipped files:"] + [f"  {s['path']}: {s['reason']}" for s in res["skipped"]]
+    lines += ["", f"extraction {res['extract_seconds']:.1f} s ({res['n_computed']} images computed); search "
+                  f"{res['search_seconds']:.1f} s; total {res['total_seconds']:.1f} s"]
+    return "\n".join(lines) + "\n"

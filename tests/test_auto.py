@@ -1,0 +1,181 @@
+"""Automatic model selection (--auto) on tiny real subsets: honest (the outer test part never reaches the inner
+search), reproducible from the seed, its bundle predicts, bad input refused in one line."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from conftest import WEAR, need
+from vinspect.cli import main
+from vinspect.data.dataset import scan_folder
+from vinspect.features.extract import Extractor, extract
+from vinspect.pipeline.auto import prepare
+from vinspect.selection import nested, space
+from vinspect.selection.search import DEFAULT_SELECT
+
+
+def run(capfd, *argv):
+    code = main([str(a) for a in argv])
+    out, err = capfd.readouterr()
+    return code, out, err
+
+
+@pytest.fixture(scope="module")
+def wear_small(tmp_path_factory):
+    """Real insert-wear crops (about 320x130, so letterbox variants exist): low and high, 8 each."""
+    src = need(WEAR)
+    dst = tmp_path_factory.mktemp("wear_small")
+    for cls in ("low", "high"):
+        (dst / cls).mkdir()
+        for p in sorted((src / cls).glob("*.png"))[:8]:
+            shutil.copy(p, dst / cls / p.name)
+    return dst
+
+
+@pytest.fixture(scope="module")
+def neu_loaded(neu_small):
+    ds = scan_folder(neu_small)
+    return ds, prepare(ds, progress=False)
+
+
+SMALL_HEADS = [space.HeadConfig("logreg", C=1.0), space.HeadConfig("logreg", C=0.1),
+               space.HeadConfig("svm-rbf", C=10.0, gamma_scale=1.0), space.HeadConfig("knn", n_neighbors=1)]
+
+
+def test_space_default_first_and_cli_default_matches():
+    v = space.feature_variants("blocks.6", space.resolutions([(320, 130)] * 3, 224))
+    assert v[0] == space.FeatureVariant("blocks.6", "avg", 224, "squash")
+    assert {x.layer for x in v} == {"blocks.6", "blocks.5", "blocks.4", "blocks.5+blocks.6",
+                                    "blocks.4+blocks.5+blocks.6"}
+    assert {(x.size, x.resize) for x in v} == {(224, "squash"), (224, "letterbox"), (320, "letterbox")}
+    assert space.resolutions([(200, 200)] * 3, 224) == [(224, "squash")]  # NEU: nothing larger, square
+    assert space.resolutions([(2000, 1000)], 224)[-1] == (448, "letterbox")  # capped
+    assert space.head_grid()[0] == space.REFERENCE_HEAD
+    from vinspect.cli import classify
+
+    assert classify.DEFAULT_SELECT == DEFAULT_SELECT
+    assert nested.parse_budget("10m") == 600 and nested.parse_budget("1h30m") == 5400
+    assert nested.parse_budget("90s") == 90 and nested.parse_budget(45) == 45
+
+
+def test_variant_features_equal_the_plain_extractor(wear_small, tmp_path):
+    """Every variant is cut from one pass per resolution; a bundle later extracts it with the plain Extractor:
+    both must give the same features (fp32 engines agree to about 1e-5)."""
+    ds = scan_folder(wear_small)
+    loaded = prepare(ds, cache_dir=tmp_path / "a", engine="torch", progress=False)  # torch: no export (fast)
+    assert len(loaded["variants"]) == 60 and len(loaded["stats"]["passes"]) == 3
+    native = loaded["variants"][-1].size
+    assert native > 224
+    for v in (space.FeatureVariant("blocks.5+blocks.6", "avgmax", 224, "letterbox"),
+              space.FeatureVariant("blocks.4", "gem", native, "letterbox"),
+              space.FeatureVariant("blocks.6", "max", 224, "squash")):
+        fs = extract(ds, Extractor(layer=v.layer, pool=v.pool, image_size=v.size, resize=v.resize, engine="torch"),
+                     cache_dir=tmp_path / "b", use_cache=False, progress=False)
+        a = loaded["features"][v]
+        assert a.shape == fs.features.shape
+        assert np.abs(a - fs.features).max() <= 1e-4 * np.abs(fs.features).max() + 1e-5, v.name
+    again = prepare(ds, cache_dir=tmp_path / "a", engine="onnx", progress=False)  # all from the cache now
+    assert again["stats"]["n_computed"] == 0
+
+
+def test_outer_test_part_never_reaches_the_search(neu_loaded):
+    """The outer test images are mislabelled on purpose.  The inner search only sees the training part, so its
+    scores stay high while the outer score (against the wrong labels) collapses; a search that saw the test
+    rows would score them wrong too (the control below shows the drop is detectable)."""
+    ds, loaded = neu_loaded
+    y = loaded["labels"]
+    folds = nested.outer_folds(y, 1, 0.3, seed=0)
+    tr, te = folds[0]
+    poisoned = y.copy()
+    poisoned[te] = (y[te] + 1) % 3
+    seen = []
+    variants = loaded["variants"][:4]
+    res = nested.nested_evaluate(loaded["features"], poisoned, ds.classes, variants, SMALL_HEADS, folds=folds,
+                                 budget_s=300, progress=False, on_inner=lambda i, rows: seen.append(rows))
+    assert len(seen) == 1 and set(seen[0]) == set(tr) and not set(seen[0]) & set(te)
+    assert _inner_best(res) >= 0.95
+    assert res["accuracy_mean"] <= 0.15  # the model learnt the true classes: the flipped test labels are missed
+    # control: a leaky protocol (the test rows inside the training part) is caught by the same numbers
+    leaky = [(np.arange(len(y)), te)]
+    bad = nested.nested_evaluate(loaded["features"], poisoned, ds.classes, variants, SMALL_HEADS, folds=leaky,
+                                 budget_s=300, progress=False)
+    assert _inner_best(bad) < 0.9
+
+
+def _inner_best(res) -> float:
+    cands = res["outer"][0]["candidates"]
+    most = max(r["n_folds"] for r in cands)
+    return max(r["mean_balanced_accuracy"] for r in cands if r["n_folds"] == most)
+
+
+def _strip(res):
+    return [{"chosen": d["chosen"]["label"], "acc": d["accuracy"],
+             "inner": [(r["label"], r["folds"]) for r in d["candidates"]]} for d in res["outer"]]
+
+
+def test_reproducible_from_the_seed(neu_loaded):
+    ds, loaded = neu_loaded
+    kw = dict(splits=2, budget_s=600, progress=False)
+    a = nested.nested_evaluate(loaded["features"], loaded["labels"], ds.classes, loaded["variants"][:6],
+                               SMALL_HEADS, seed=3, **kw)
+    b = nested.nested_evaluate(loaded["features"], loaded["labels"], ds.classes, loaded["variants"][:6],
+                               SMALL_HEADS, seed=3, **kw)
+    assert not a["budget_reached_splits"] and _strip(a) == _strip(b)
+
+
+def test_evaluate_auto_reports_every_candidate(capfd, neu_small, tmp_path):
+    code, out, err = run(capfd, "classify", "evaluate", neu_small, "--auto", "--splits", 2, "--budget", "5m",
+                         "--out", tmp_path / "r", "-q")
+    assert code == 0, err
+    res = json.loads((tmp_path / "r" / "results.json").read_text())
+    assert res["method"] == "head-auto" and res["select"] == "balanced_accuracy" and res["splits"] == 2
+    for key in ("accuracy_mean", "accuracy_std", "balanced_accuracy_mean", "balanced_accuracy_std", "per_class",
+                "chosen_counts", "search_space", "outer", "budget_seconds"):
+        assert key in res, key
+    assert all(0 <= m["recall"] <= 1 for m in res["per_class"].values())
+    for d in res["outer"]:
+        labels = [r["label"] for r in d["candidates"]]
+        assert labels[0] == "blocks.6/avg/224-squash + logreg C=1"  # the default is scored first
+        assert len(labels) == len(set(labels)) >= 20 and d["chosen"]["label"] in labels
+    assert res["accuracy_mean"] > 0.8
+    txt = (tmp_path / "r" / "results.txt").read_text()
+    assert txt.startswith("vinspect evaluate --auto") and "outer split 1: chose" in txt
+    assert "auto: accuracy" in out and "auto search" not in err  # -q: no progress bar
+
+
+def test_train_auto_bundle_predicts(capfd, neu_small, tmp_path):
+    code, out, err = run(capfd, "train", neu_small, "--auto", "--budget", "3m", "--out", tmp_path / "m", "-q")
+    assert code == 0, err
+    m = json.loads((tmp_path / "m" / "model.json").read_text())
+    sel = m["metrics"]["selection"]
+    assert m["kind"] == "head" and sel["chosen"]["label"].startswith(m["backbone"]["layer"] + "/")
+    assert m["backbone"]["pool"] == sel["chosen"]["features"]["pool"]
+    assert m["training"]["selection"]["candidates"] and m["config"]["head"]["name"] == sel["chosen"]["head"]["name"]
+    code, out, err = run(capfd, "predict", tmp_path / "m", neu_small / "scratches", "--json", "-q")
+    assert code == 0, err
+    rows = json.loads(out)
+    assert len(rows) == 10 and sum(r["label"] == "scratches" for r in rows) >= 9
+
+
+def test_bad_input_one_line_exit_2(capfd, neu_small, tmp_path):
+    for argv, msg in ((["--budget", "soon"], "--budget 'soon'"),
+                      (["--budget", "1s"], "too small"),  # 0.5 s per outer split
+                      (["--pool", "max"], "--auto chooses the configuration itself: drop --pool")):
+        code, _, err = run(capfd, "evaluate", neu_small, "--auto", "--splits", 2, "--out", tmp_path / "r", "-q",
+                           *argv)
+        assert code == 2 and msg in err, err
+        assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+def test_class_too_small_for_nested_selection(capfd, neu_small, tmp_path):
+    data = tmp_path / "d"
+    shutil.copytree(neu_small, data)
+    for p in sorted((data / "patches").glob("*.jpg"))[1:]:
+        p.unlink()  # one image of patches: no inner fold can hold it in both parts
+    code, _, err = run(capfd, "train", data, "--auto", "--out", tmp_path / "m", "-q")
+    assert code == 2 and "nested selection needs at least 2 images of every class" in err, err
+    assert len(err.strip().splitlines()) == 1
