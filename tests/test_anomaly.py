@@ -102,6 +102,27 @@ def test_each_method_separates_real_defects(tiles, method):
         assert m.core.bank.dtype == torch.float16 and len(m.core.bank) == round(0.1 * 30 * feats.shape[2] * feats.shape[3])
 
 
+def test_crossfit_scores_come_from_models_fitted_without_the_image(tiles):
+    """Each training normal's threshold score comes from a model fitted on the other folds only; in-sample
+    scores (the image's own patches in the bank) would be optimistic."""
+    from vinspect.anomaly.features import decode_all
+    from vinspect.anomaly.model import AnomalyModel
+    from vinspect.anomaly.protocol import crossfit_scores
+
+    free = sorted((tiles / "images" / "free").glob("*.jpg"))[:20]
+    kw = dict(spec=_spec(64, 64), params={"coreset_ratio": 0.1})
+    m = AnomalyModel("patchcore", **kw)
+    feats = m.features(decode_all(free, m.spec, progress=False).pixels)
+    oof = crossfit_scores(m, feats, folds=4, seed=0)
+    order = np.random.default_rng(7919).permutation(20)
+    held = np.sort(order[1::4])
+    by_hand = AnomalyModel("patchcore", **kw).fit_features(feats[np.setdiff1d(np.arange(20), held)])
+    np.testing.assert_allclose(oof[held], by_hand.score_features(feats[held])[1], rtol=1e-5)
+    m.fit_features(feats)
+    in_sample = m.score_features(feats)[1]
+    assert np.median(in_sample) < np.median(oof)
+
+
 def test_threshold_comes_from_held_out_normal_scores():
     from vinspect.anomaly.model import calibrated_threshold, quantile_threshold
 

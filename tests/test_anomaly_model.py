@@ -40,8 +40,8 @@ def test_bundle_and_prediction(trained, tmp_path):
 
     b = load_bundle(trained)
     assert (b.task, b.kind, b.classes) == ("anomaly", "patchcore", ["normal", "anomalous"])
-    assert b.config["threshold"] is not None and "held out" in b.training["threshold_rule"]
-    assert (b.preprocessing.width, b.preprocessing.height, b.preprocessing.resize) == (96, 112, "letterbox")
+    assert b.config["threshold"] is not None and "out-of-fold" in b.training["threshold_rule"]
+    assert (b.preprocessing.width, b.preprocessing.height, b.preprocessing.resize) == (96, 112, "squash")
     pred = load_predictor(trained)
     crack = sorted((MT / "images" / "crack").glob("*.jpg"))[0]
     free = sorted((MT / "images" / "free").glob("*.jpg"))[-1]  # not among the 30 training tiles

@@ -49,10 +49,12 @@ def _refresh(pts, since, chosen, z, sq, d, bucket: int = 64) -> None:
 
 
 def greedy_coreset(x: torch.Tensor, n: int, projection: int = 128, seed: int = 0, progress: bool = False,
-                   front_size: int = 16384, initial: torch.Tensor | None = None) -> torch.Tensor:
+                   front_size: int = 16384, initial: torch.Tensor | None = None,
+                   first: int | None = None) -> torch.Tensor:
     """Indices of ``n`` rows of ``x`` (M, D) chosen by greedy k-center selection (farthest point first).
 
-    Exactly the textbook greedy on the projected features; the work is lazy (see the module docstring).
+    Exactly the textbook greedy on the projected features (``projection`` <= 0: on ``x`` itself); the work is
+    lazy (see the module docstring).  The first centre is a random row (``seed``) or ``first``.
     ``initial``: centres already chosen (rows like ``x``, e.g. an existing memory bank): the selection continues
     from them (the first new point is the one farthest from them).
     """
@@ -72,14 +74,14 @@ def greedy_coreset(x: torch.Tensor, n: int, projection: int = 128, seed: int = 0
         first = int(torch.argmax(d0))
     else:
         d0 = None
-        first = int(torch.randint(m, (1,), generator=g))
+        first = int(torch.randint(m, (1,), generator=g)) if first is None else int(first)
+    bar = tqdm(total=n, desc="coreset", disable=not progress, leave=False)
+    bar.update(1)
     chosen = [first]
     d = (sq - 2 * (z @ z[first]) + sq[first]).clamp_min_(0)  # squared distance to the coreset
     if d0 is not None:
         d = torch.minimum(d, d0)
     fresh_since = torch.ones(m, dtype=torch.long)  # how many of the chosen centres each d accounts for
-    bar = tqdm(total=n, desc="coreset", disable=not progress, leave=False)
-    bar.update(1)
     while len(chosen) < n:
         # the front runners: the points with the largest upper bounds; every other point is at most tau away
         k = min(m, front_size)

@@ -53,19 +53,29 @@ def _common(p) -> None:
     g.add_argument("--weights", metavar="PATH", help="local .pth/.safetensors weights (any timm architecture)")
     g.add_argument("--layers", metavar="L1,L2", help="feature layers (default: patchcore "
                    f"{','.join(DEFAULTS['layers']['patchcore'])}; padim {','.join(DEFAULTS['layers']['padim'])})")
-    g.add_argument("--image-size", type=_size, metavar="W[xH]", help=f"network input (default: long side "
-                   f"{DEFAULTS['long_side']}, the other from the normal images' median aspect, multiples of 32; large "
-                   "images: raise it so that small defects survive, e.g. 1024x416 for 1250x500 strips)")
-    g.add_argument("--resize", choices=["letterbox", "squash"], help=f"letterbox keeps the aspect ratio and pads; "
-                   f"squash stretches (default: {DEFAULTS['resize']})")
+    g.add_argument("--image-size", type=_size, metavar="W[xH]", help=f"network input (default: "
+                   f"{DEFAULTS['long_side']}x{DEFAULTS['long_side']}; with --resize letterbox alone: long side "
+                   f"{DEFAULTS['long_side']}, the other from the normal images' median aspect; large images: raise it "
+                   "so that small defects survive, e.g. 1024x416 for 1250x500 strips)")
+    g.add_argument("--resize", choices=["letterbox", "squash"], help=f"squash stretches the whole image to the input; "
+                   f"letterbox keeps the aspect ratio and pads (default: {DEFAULTS['resize']})")
     g.add_argument("--sigma", type=float, help=f"Gaussian blur of the maps, input pixels (default: {DEFAULTS['sigma']})")
     g.add_argument("--coreset", type=_fraction, metavar="RATIO", help="patchcore: fraction of patches kept in the "
                    f"memory bank (default: {DEFAULTS['coreset_ratio']}; at most --max-bank)")
     g.add_argument("--max-bank", type=int, metavar="N", help=f"patchcore: memory-bank size cap (default: "
                    f"{DEFAULTS['max_bank']}, float16)")
     g.add_argument("--threshold-quantile", type=_fraction, metavar="Q", help="threshold = this quantile of the "
-                   f"scores of held-out normal images (default: {DEFAULTS['threshold_quantile']})")
+                   f"out-of-fold scores of the normal images (default: {DEFAULTS['threshold_quantile']})")
+    g.add_argument("--threshold-folds", type=int, metavar="K", help="cross-fitting folds of the label-free "
+                   f"threshold: each normal image is scored by a model fitted without its fold; the model itself is "
+                   f"fitted on all (default: {DEFAULTS['threshold_folds']})")
     g.add_argument("--seed", type=int, default=0, help="(default: %(default)s)")
+
+
+def _folds(args) -> int | None:
+    if args.threshold_folds is not None and args.threshold_folds < 2:
+        raise BadInputError(f"--threshold-folds {args.threshold_folds}: must be at least 2")
+    return args.threshold_folds
 
 
 def _model_kwargs(args) -> dict:
@@ -82,7 +92,7 @@ def _model_kwargs(args) -> dict:
         kw["spec"] = InputSpec(w, h, args.resize or DEFAULTS["resize"], pre.interpolation, tuple(pre.mean),
                                tuple(pre.std))
     elif args.resize:
-        raise BadInputError("--resize needs --image-size (the default input keeps the aspect ratio: letterbox)")
+        kw["resize"] = args.resize  # letterbox: the default long side with the normal images' median aspect
     if args.sigma is not None:
         kw["sigma"] = args.sigma
     params = {}
@@ -104,8 +114,9 @@ def add_parser(subparsers, parser_class=argparse.ArgumentParser):
 
     p = command(sub, "train", "fit on the normal images of DATA; write a model folder", cmd_train,
                 full_name="anomaly train", description="Fit on the normal class(es) of DATA (other folders are ignored). The threshold "
-                       "is the --threshold-quantile quantile of the scores of 15%% of the normal images held out of a "
-                       "first fit, which then join the model (no defect examples needed), or the best-F1 threshold on labelled images "
+                       "is the --threshold-quantile quantile of out-of-fold scores of the normal images (cross-fitting: "
+                       "each scored by a model fitted without its fold; the model itself uses them all; no defect "
+                       "examples needed), or the best-F1 threshold on labelled images "
                        "(--calibrate DIR, the same class folders). Then: vinspect predict MODEL IMAGES --json.")
     _common(p)
     p.add_argument("--out", required=True, metavar="MODEL", help="model folder to write")
@@ -131,7 +142,7 @@ def cmd_train(args) -> int:
     progress = not _quiet(args)
     model, summary = train(args.data, args.normal, method=args.method, seed=args.seed, progress=progress,
                            model_kwargs=_model_kwargs(args), threshold_quantile=args.threshold_quantile,
-                           calibrate=args.calibrate)
+                           calibrate=args.calibrate, threshold_folds=_folds(args))
     from ..models.anomaly import save_anomaly_bundle
 
     out = save_anomaly_bundle(args.out, model, summary)
@@ -167,7 +178,8 @@ def results_text(res: dict) -> str:
              f"rate {f('false_positive_rate_at_threshold')})"]
     if res.get("masks"):
         lines += [f"pixel AUROC        {f('pixel_auroc')}", f"PRO (FPR <= 0.3)   {f('pro')}"]
-    lines += ["", f"fit {res['fit_seconds']:.1f} s per split (features of the training images included); "
+    lines += ["", f"fit {res['fit_seconds']:.1f} s per split (features of the training images included; the "
+                  f"label-free threshold {res.get('threshold_seconds', 0):.1f} s more); "
                   f"{res['images_per_second']:.1f} images/s at prediction (decoding excluded)",
               "per split image AUROC: " + " ".join(f"{r['image_auroc']:.4f}" for r in res["per_split"])]
     if res["skipped"]:
@@ -182,7 +194,7 @@ def cmd_evaluate(args) -> int:
     progress = not _quiet(args)
     res = evaluate(args.data, args.normal, splits=args.splits, train_fraction=args.train_fraction, masks=args.masks,
                    method=args.method, seed=args.seed, progress=progress, model_kwargs=_model_kwargs(args),
-                   threshold_quantile=args.threshold_quantile)
+                   threshold_quantile=args.threshold_quantile, threshold_folds=_folds(args))
     res["data"] = str(Path(args.data).resolve())
     worst = res.pop("_worst")
     out = Path(args.out)
