@@ -85,7 +85,7 @@ def run_task(name: str, root: Path, classes, args) -> dict:
 
     def row(r, key):
         return {"label": r["label"], "mean": r[key + "_mean"], "std": r[key + "_std"],
-                "sem": r[key + "_std"] / np.sqrt(n)}
+                "sem": float(r[key + "_std"] / np.sqrt(n))}
 
     auto = {"accuracy": {"mean": res["accuracy_mean"], "std": res["accuracy_std"]},
             "balanced_accuracy": {"mean": res["balanced_accuracy_mean"], "std": res["balanced_accuracy_std"]}}
@@ -105,8 +105,8 @@ def run_task(name: str, root: Path, classes, args) -> dict:
     for key in ("accuracy", "balanced_accuracy"):
         b = out["best_fixed"][key]
         out.setdefault("acceptance", {})[key] = {
-            "auto_ge_best_fixed_minus_se": auto[key]["mean"] >= b["mean"] - b["sem"],
-            "auto_gt_default": auto[key]["mean"] > out["default"][key]["mean"]}
+            "auto_ge_best_fixed_minus_se": bool(auto[key]["mean"] >= b["mean"] - b["sem"]),
+            "auto_gt_default": bool(auto[key]["mean"] > out["default"][key]["mean"])}
     return out
 
 

@@ -26,12 +26,12 @@ def run(capfd, *argv):
 
 @pytest.fixture(scope="module")
 def wear_small(tmp_path_factory):
-    """Real insert-wear crops (about 320x130, so letterbox variants exist): low and high, 8 each."""
+    """Real insert-wear crops (about 320x130, so letterbox variants exist): low and high, 5 each."""
     src = need(WEAR)
     dst = tmp_path_factory.mktemp("wear_small")
     for cls in ("low", "high"):
         (dst / cls).mkdir()
-        for p in sorted((src / cls).glob("*.png"))[:8]:
+        for p in sorted((src / cls).glob("*.png"))[:5]:
             shutil.copy(p, dst / cls / p.name)
     return dst
 
@@ -128,7 +128,7 @@ def test_reproducible_from_the_seed(neu_loaded):
 
 
 def test_evaluate_auto_reports_every_candidate(capfd, neu_small, tmp_path):
-    code, out, err = run(capfd, "classify", "evaluate", neu_small, "--auto", "--splits", 2, "--budget", "5m",
+    code, out, err = run(capfd, "classify", "evaluate", neu_small, "--auto", "--splits", 2, "--budget", "40s",
                          "--out", tmp_path / "r", "-q")
     assert code == 0, err
     res = json.loads((tmp_path / "r" / "results.json").read_text())
@@ -148,7 +148,7 @@ def test_evaluate_auto_reports_every_candidate(capfd, neu_small, tmp_path):
 
 
 def test_train_auto_bundle_predicts(capfd, neu_small, tmp_path):
-    code, out, err = run(capfd, "train", neu_small, "--auto", "--budget", "3m", "--out", tmp_path / "m", "-q")
+    code, out, err = run(capfd, "train", neu_small, "--auto", "--budget", "20s", "--out", tmp_path / "m", "-q")
     assert code == 0, err
     m = json.loads((tmp_path / "m" / "model.json").read_text())
     sel = m["metrics"]["selection"]

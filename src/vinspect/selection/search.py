@@ -7,8 +7,11 @@ outer test part.  Two stages, each a successive halving over inner folds (cheap 
    third on folds 1-3, the best third of those on every fold;
 2. the ``TOP_VARIANTS`` best variants x every head of the grid, halved the same way.
 
-The chosen candidate is the best mean inner score (``select``: accuracy or balanced accuracy) among the
-candidates scored on every inner fold; ties go to the earlier candidate (the default comes first).
+The choice follows the one-standard-error rule (Breiman et al. 1984; Hastie et al., Elements of Statistical
+Learning, 7.10): among the candidates scored on every inner fold, the best mean inner score (``select``:
+accuracy or balanced accuracy) is found, and the first candidate in the space's order (the default first, then
+stage 1's variants, then stage 2) whose mean is within one standard error (over the inner folds) of it is
+chosen: on small data a candidate that is only luckier on a few folds does not displace a simpler one.
 
 The budget is a wall-clock limit checked between batches of fits: when it is reached, the rung in progress
 stops and the choice is made among the candidates scored on the most folds.  Everything else is determined
@@ -156,11 +159,15 @@ def search(X: dict[FeatureVariant, np.ndarray], y: np.ndarray, variants: list[Fe
         top = [c.variant for c in ranked[:TOP_VARIANTS]]
         second = [Candidate(v, h) for v in top for h in heads]
         finalists = finalists + halving(second, 2)
-    # the choice: the best mean among the candidates scored on the most folds
+    # the choice (one-standard-error rule): among the candidates scored on the most folds, the first in the
+    # space's order (the default first) whose mean is within one standard error of the best mean
     most = max(len(s) for s in scores.values())
-    pool_ = [c for c in scores if len(scores[c]) == most]
     order = list(scores)
-    best = sorted(pool_, key=lambda c: (-mean(c), order.index(c)))[0]
+    pool_ = [c for c in order if len(scores[c]) == most]
+    top = sorted(pool_, key=lambda c: (-mean(c), order.index(c)))[0]
+    vals = [s[select] for s in scores[top].values()]
+    se = float(np.std(vals, ddof=1) / np.sqrt(len(vals))) if len(vals) > 1 else 0.0
+    best = next(c for c in pool_ if mean(c) >= mean(top) - se - 1e-12)
     records = [{"label": c.label, **c.as_dict(), "stage": stage_of.get(c, 1),
                 "folds": {str(f): s for f, s in sorted(scores[c].items())},
                 "mean_accuracy": float(np.mean([s["accuracy"] for s in scores[c].values()])),
