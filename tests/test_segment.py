@@ -206,6 +206,13 @@ def test_evaluate_kfold_results_and_resume(wear_tiny, tmp_path):
     assert {p["path"] for p in r["per_image"]} == {str(Path(g) / p.name) for g in ("low", "medium", "high")
                                                   for p in (wear_tiny / "images" / g).glob("*.png")}
     assert len(list((out / "oof").rglob("*.png"))) == 6 and (out / "worst.png").is_file()
+    # pooled over every test pixel: IoU and F1 of the same counts, overall and per class folder
+    folders = r["per_folder"]
+    assert set(folders) == {"low", "medium", "high"}
+    for v in [r["pooled"], *folders.values()]:
+        assert v["pixel_iou"] == pytest.approx(v["pixel_f1"] / (2 - v["pixel_f1"]))
+    ious = [v["pixel_iou"] for v in folders.values()]
+    assert min(ious) - 1e-9 <= r["pooled"]["pixel_iou"] <= max(ious) + 1e-9
 
 
 def test_metrics_on_known_masks():

@@ -152,20 +152,60 @@ def test_wear_measure_refuses_missing_masks_and_two_scales(wear_small, tmp_path)
 
 
 def test_wear_grade_protocol_on_given_predicted_masks(wear_small, tmp_path):
-    """The protocol's mechanics: the same keys as vinspect evaluate, every variant on the same splits."""
+    """The protocol's mechanics: the same keys as vinspect evaluate, every variant on the same splits, and the
+    headline is, in every split, exactly the candidate its inner CV chose."""
     from vinspect.cli import main
+    from vinspect.wear.grade import CNN, NESTED
 
     out = tmp_path / "grade"
     assert main(["wear", "grade", str(wear_small / "images"), "--masks", str(wear_small / "masks"),
-                 "--predicted", str(wear_small / "masks"), "--splits", "3", "--out", str(out), "-q"]) == 0
+                 "--predicted", str(wear_small / "masks"), "--splits", "2", "--inner-folds", "2", "--out", str(out),
+                 "-q"]) == 0
     r = json.loads((out / "results.json").read_text())
     for k in ("accuracy_mean", "accuracy_std", "balanced_accuracy_mean", "per_split", "confusion_matrix",
               "per_class", "majority_baseline", "class_counts", "splits", "test_size", "seed"):
         assert k in r
-    assert r["variant"] == "wear measures, logistic regression" and len(r["per_split"]) == 3
-    assert "VB max thresholds (ordinal)" in r["variants"]
-    assert "TRUE masks (reference): wear measures, logistic regression" in r["variants"]
-    assert sum(map(sum, r["confusion_matrix"])) == 3 * 5  # 30 % of 16 images, three times
+    assert r["variant"] == NESTED and len(r["per_split"]) == 2
+    v = r["variants"]
+    for name in ("wear measures, logistic regression", "wear measures, random forest (300 trees)",
+                 "VB max thresholds (ordinal)", CNN):
+        assert name in v and "TRUE masks (reference): " + name in v and len(v[name]["per_split"]) == 2
+    assert r["cnn"]["dim"] > 100 and r["cnn"]["components"] == 16
+    assert len(r["chosen"]) == 2 and sum(r["chosen_counts"].values()) == 2 and r["inner_folds"] == 2
+    for i, (name, inner) in enumerate(zip(r["chosen"], r["inner_accuracy"])):
+        assert inner[name] == max(inner.values())  # the best on the training part's inner folds
+        assert r["per_split"][i] == v[name]["per_split"][i]  # and scored as that candidate on the test part
+    assert sum(map(sum, r["confusion_matrix"])) == 2 * 5  # 30 % of 16 images, twice
+    assert len(v["VB max thresholds (ordinal)"]["thresholds_px"]) == 2
+
+
+def test_vb_thresholds_classifier_recovers_known_cuts():
+    from sklearn.base import clone
+
+    from vinspect.wear.grade import VBThresholds
+
+    rng = np.random.default_rng(0)
+    vb = rng.uniform(0, 20, 300)
+    grade = np.searchsorted([6.0, 13.0], vb)  # 0 below 6 px, 1 up to 13 px, 2 above
+    labels = np.array([2, 0, 1])[grade]  # class labels in another order than the grades
+    X = np.column_stack([rng.normal(size=300), vb])
+    m = clone(VBThresholds(column=1, order=(2, 0, 1))).fit(X, labels)
+    assert abs(m.thresholds_[0] - 6.0) < 0.3 and abs(m.thresholds_[1] - 13.0) < 0.3
+    assert (m.predict(X) == labels).mean() == 1.0 and list(m.classes_) == [0, 1, 2]
+
+
+def test_inner_cv_chooses_the_candidate_that_fits_and_ties_go_first():
+    """A grade that is not monotone in any measure (a band of one measure) only the forest can learn: the inner
+    CV on the training data picks it; equal scores keep the earlier candidate (the logistic regression)."""
+    from vinspect.wear.grade import FEATURES, LR, RF, candidates, choose, inner_scores
+
+    rng = np.random.default_rng(1)
+    n = 200
+    W = rng.normal(size=(n, len(FEATURES)))
+    y = (np.abs(W[:, 5]) < 0.7).astype(int)
+    scores = inner_scores(candidates(len(FEATURES), 0, [0, 1]), W, y, 3, 0)
+    assert choose(scores) == RF and scores[RF] > 0.8 and scores[LR] < 0.7
+    assert choose({LR: 0.7, RF: 0.7}) == LR
 
 
 def test_wear_grade_trains_a_segmenter_inside_each_split(wear_small, tmp_path):
@@ -174,7 +214,8 @@ def test_wear_grade_trains_a_segmenter_inside_each_split(wear_small, tmp_path):
 
     out = tmp_path / "grade"
     assert main(["wear", "grade", str(wear_small / "images"), "--masks", str(wear_small / "masks"), "--splits", "2",
-                 "--epochs", "1", "--input-size", "160x64", "--out", str(out), "-q"]) == 0
+                 "--epochs", "1", "--input-size", "160x64", "--no-cnn", "--inner-folds", "2", "--out", str(out),
+                 "-q"]) == 0
     r = json.loads((out / "results.json").read_text())
     assert r["masks"] == "segmenter trained inside each split" and len(r["per_split"]) == 2
     assert not list(out.glob(".split*.ckpt"))  # each split's checkpoint is removed once it is done

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ..backbones.registry import DEFAULT_BACKBONE
 from .common import command, group
 from .common import quiet as _quiet
 
@@ -33,6 +34,7 @@ def cmd_measure(args) -> int:
 
 
 def cmd_grade(args) -> int:
+    from ..pipeline.wear import cnn_features
     from ..segment.data import scan
     from ..segment.masks import MaskFormat
     from ..segment.train import SegmentConfig
@@ -43,12 +45,17 @@ def cmd_grade(args) -> int:
     cfg = None if args.predicted else SegmentConfig(epochs=args.epochs, input_size=args.input_size,
                                                     val_fraction=0.0, seed=args.seed)
     order = [c.strip() for c in args.order.split(",")] if args.order else None
+    feats = None if args.no_cnn else cnn_features(data.paths, args.cnn, progress)
     res = grade(data, args.out, predicted=args.predicted, cfg=cfg, splits=args.splits, test_size=args.test_size,
-                seed=args.seed, order=order, edge=args.edge, progress=progress)
+                seed=args.seed, order=order, edge=args.edge, cnn_feats=feats, cnn=None if args.no_cnn else args.cnn,
+                inner_folds=args.inner_folds, progress=progress)
     print(f"wear grades from {res['masks']} ({len(data.paths)} images, classes {', '.join(res['classes'])}), "
           f"{args.splits} stratified splits:")
     for name, v in res["variants"].items():
-        print(f"  {name}: {v['accuracy_mean']:.4f} ± {v['accuracy_std']:.4f}")
+        chosen = ""
+        if "chosen_counts" in v:
+            chosen = " (chosen: " + ", ".join(f"{k} x{n}" for k, n in v["chosen_counts"].items()) + ")"
+        print(f"  {name}: {v['accuracy_mean']:.4f} ± {v['accuracy_std']:.4f}{chosen}")
     print(f"results: {Path(args.out) / 'results.json'}")
     return 0
 
@@ -82,7 +89,8 @@ def add_parser(subparsers, parser_class=argparse.ArgumentParser):
     p.set_defaults(func=cmd_measure)
 
     p = cmd("grade", "wear grades from measures of PREDICTED masks, on the repeated-split protocol of "
-                     "vinspect evaluate (same results.json keys)")
+                     "vinspect evaluate (same results.json keys); the classifier is chosen by an inner CV on "
+                     "each training part (nested)")
     p.add_argument("images", metavar="IMAGES", help="image folder, one sub-folder per grade")
     p.add_argument("--masks", required=True, metavar="DIR", help="true masks: used to train the segmenter of "
                    "each split on its training part only (and for the reference variant on true masks)")
@@ -95,6 +103,12 @@ def add_parser(subparsers, parser_class=argparse.ArgumentParser):
     p.add_argument("--splits", type=int, default=10, help="(default: %(default)s)")
     p.add_argument("--test-size", type=float, default=0.3, help="(default: %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="(default: %(default)s)")
+    p.add_argument("--cnn", default=DEFAULT_BACKBONE, metavar="BACKBONE",
+                   help="backbone whose pooled whole-image features join the wear measures in one candidate "
+                        "classifier (default: %(default)s)")
+    p.add_argument("--no-cnn", action="store_true", help="no CNN features: candidates on the wear measures only")
+    p.add_argument("--inner-folds", type=int, default=5, help="folds of the inner cross-validation on each training "
+                   "part that chooses the classifier (default: %(default)s)")
     p.add_argument("--epochs", type=int, default=30, help="segmenter epochs per split (default: %(default)s)")
     p.add_argument("--input-size", metavar="WxH", help="segmenter input (default: as vinspect segment train)")
     p.add_argument("--out", required=True, metavar="DIR")

@@ -96,3 +96,20 @@ def measure_folder(inputs: list, csv_path: str | Path, masks: str | Path | None 
             w.writerow({k: ("" if r.get(k) is None else (f"{r[k]:.4f}" if isinstance(r[k], float) else r[k]))
                         for k in COLUMNS})
     return rows
+
+
+def cnn_features(paths: list, backbone: str, progress: bool = False) -> np.ndarray:
+    """Pooled CNN features of every whole image (the backbone's default layer and input, torch engine), for the
+    joined candidate of wear grading: no label is used, so computing them once for all images leaks nothing
+    between the training and test parts of a split."""
+    from ..features.extract import Extractor, stream_features
+
+    ex = Extractor(backbone, engine="torch")
+    out = None
+    for ok, feats, failures in stream_features(ex, list(paths), progress=progress, desc=f"CNN {backbone}"):
+        if failures:
+            raise BadInputError(f"{paths[failures[0][0]]}: {failures[0][1]}")
+        if out is None:
+            out = np.zeros((len(paths), feats.shape[1]), np.float64)
+        out[ok] = feats
+    return out

@@ -147,8 +147,10 @@ def summarise(data: SegData, cfg: SegmentConfig, kfold: int, out: Path, fp: str,
                    "best_epochs": d["best_epochs"]} for d in done],
         per_folder={f: {"n": int(sum(r["folder"] == f for r in rows)),
                         "iou_mean": float(np.mean([r["iou"] for r in rows if r["folder"] == f])),
-                        "dice_mean": float(np.mean([r["dice"] for r in rows if r["folder"] == f]))}
+                        "dice_mean": float(np.mean([r["dice"] for r in rows if r["folder"] == f])),
+                        **_pooled([r for r in rows if r["folder"] == f])}
                     for f in data.folders if any(r["folder"] == f for r in rows)},
+        pooled=_pooled(rows),
         per_image=[{k: r[k] for k in ("path", "folder", "fold", "iou", "dice", "boundary_f1", "true_pixels",
                                       "pred_pixels") if k in r} for r in rows],
         train_seconds_mean=float(np.mean([d["train_seconds"] for d in done])),
@@ -159,6 +161,12 @@ def summarise(data: SegData, cfg: SegmentConfig, kfold: int, out: Path, fp: str,
     (out / "results.json").write_text(json.dumps(res, indent=2))
     worst_grid(data, rows, out, cfg.threshold, worst)
     return res
+
+
+def _pooled(rows: list[dict]) -> dict:
+    """Pixel F1 and IoU of the defect with every pixel of ``rows`` pooled (all folds together)."""
+    tp, fp, fn = (int(sum(r.get(k, 0) for r in rows)) for k in ("tp", "fp", "fn"))
+    return {"pixel_f1": f1_from(tp, fp, fn), "pixel_iou": 1.0 if tp + fp + fn == 0 else tp / (tp + fp + fn)}
 
 
 def worst_grid(data: SegData, rows: list[dict], out: Path, threshold: float, n: int = 9) -> Path | None:

@@ -7,6 +7,14 @@ measured on the network's own predictions of them, test images on predictions of
 classifier on the measures is fitted on the training part and scored on the test part of the same stratified
 splits (seed, test fraction) as ``vinspect evaluate``, and the same ``results.json`` keys come out.  The ordinal
 view: the VB max threshold(s) that best separate the ordered grades on the training part, scored on the test part.
+
+The classifier is not picked on the test parts: the candidates (logistic regression and a random forest on the
+wear measures, the ordinal VB max thresholds, and logistic regression on the wear measures joined with the
+pooled CNN features of the whole image, reduced to 16 principal components fitted on the training part) are
+compared by an inner stratified 5-fold cross-validation on each split's TRAINING part only; the best (ties: the
+earlier in that list) is refitted on the whole training part and scored once on the test part (nested
+cross-validation).  That nested figure is the headline (``variant``); every fixed candidate is reported beside it
+on the same splits.
 """
 
 from __future__ import annotations
@@ -15,6 +23,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+from sklearn.base import BaseEstimator, ClassifierMixin, TransformerMixin
 
 from ..errors import BadInputError
 from .measure import measure
@@ -50,12 +59,11 @@ def _vb_percentile(geo: dict, q: float) -> float:
     return float(np.percentile(width[width > 0], q))
 
 
-def ordinal_accuracy(x: np.ndarray, y_ord: np.ndarray, train, test) -> tuple[float, list[float]]:
-    """Thresholds t_1 < ... on ``x`` between consecutive ordered grades (0 < 1 < ...) chosen on ``train`` for
-    the best training accuracy (greedy, one threshold at a time), scored on ``test``."""
-    k = int(y_ord.max()) + 1
-    xt, yt = x[train], y_ord[train]
-    cand = np.unique(xt)
+def fit_thresholds(x: np.ndarray, y_ord: np.ndarray, k: int | None = None) -> list[float]:
+    """Thresholds t_1 < ... < t_{k-1} on ``x`` between consecutive ordered grades (0 < 1 < ... < k-1), chosen for
+    the best accuracy on (x, y_ord) (greedy, one threshold at a time, candidates midway between values)."""
+    k = int(y_ord.max()) + 1 if k is None else int(k)
+    cand = np.unique(x)
     cand = (cand[:-1] + cand[1:]) / 2 if len(cand) > 1 else cand
     ths: list[float] = []
     lo = -np.inf
@@ -63,15 +71,43 @@ def ordinal_accuracy(x: np.ndarray, y_ord: np.ndarray, train, test) -> tuple[flo
         best, best_t = -1.0, None
         for t in cand[cand > lo]:
             trial = ths + [t] + [np.inf] * (k - 2 - g)
-            acc = float(np.mean(np.searchsorted(trial, xt, side="right") == yt))
+            acc = float(np.mean(np.searchsorted(trial, x, side="right") == y_ord))
             if acc > best:
                 best, best_t = acc, t
         if best_t is None:
             best_t = lo
         ths.append(float(best_t))
         lo = best_t
+    return ths
+
+
+def ordinal_accuracy(x: np.ndarray, y_ord: np.ndarray, train, test) -> tuple[float, list[float]]:
+    """The thresholds of :func:`fit_thresholds` chosen on ``train``, scored on ``test``."""
+    ths = fit_thresholds(x[train], y_ord[train], int(y_ord.max()) + 1)
     pred = np.searchsorted(ths, x[test], side="right")
     return float(np.mean(pred == y_ord[test])), ths
+
+
+class VBThresholds(ClassifierMixin, BaseEstimator):
+    """A scikit-learn classifier on one column (VB max): ordered grades by thresholds (see fit_thresholds).
+    ``order``: the class labels from least to most worn."""
+
+    def __init__(self, column: int = 0, order: tuple = ()):
+        self.column = column
+        self.order = order
+
+    def fit(self, X, y):
+        y = np.asarray(y)
+        self.order_ = np.asarray(list(self.order) if len(self.order) else np.unique(y))
+        rank = {c: i for i, c in enumerate(self.order_.tolist())}
+        y_ord = np.array([rank[v] for v in y.tolist()])
+        self.thresholds_ = fit_thresholds(np.asarray(X, np.float64)[:, self.column], y_ord, len(self.order_))
+        self.classes_ = np.unique(self.order_)
+        return self
+
+    def predict(self, X):
+        return self.order_[np.searchsorted(self.thresholds_, np.asarray(X, np.float64)[:, self.column],
+                                           side="right")]
 
 
 def load_predicted(predicted: str | Path, relpaths: list[str], threshold: float = 0.5) -> list[np.ndarray]:
@@ -96,7 +132,12 @@ def load_predicted(predicted: str | Path, relpaths: list[str], threshold: float 
     return out
 
 
-PRIMARY = "wear measures, logistic regression"  # fixed in advance: the headline is never the best of several
+LR, RF, ORD, CNN = ("wear measures, logistic regression", "wear measures, random forest (300 trees)",
+                     "VB max thresholds (ordinal)", "wear measures + CNN features (PCA 16), logistic regression")
+NESTED = "chosen by inner CV on each training part (nested)"
+PRIMARY = NESTED  # fixed in advance: the headline is chosen inside the training parts, never on the test parts
+INNER_FOLDS = 5
+CNN_COMPONENTS = 16
 
 
 def save_results(out: Path, table: dict, info: dict) -> Path:
@@ -106,14 +147,69 @@ def save_results(out: Path, table: dict, info: dict) -> Path:
     return out / "results.json"
 
 
-def _heads():
+class _TopPCA(TransformerMixin, BaseEstimator):
+    """PCA to at most ``k`` components (fewer when there are fewer samples or features)."""
+
+    def __init__(self, k: int = CNN_COMPONENTS):
+        self.k = k
+
+    def fit(self, X, y=None):
+        from sklearn.decomposition import PCA
+
+        self.pca_ = PCA(max(1, min(self.k, X.shape[0] - 1, X.shape[1])), random_state=0).fit(X)
+        return self
+
+    def transform(self, X):
+        return self.pca_.transform(X)
+
+
+def candidates(n_wear: int, n_cnn: int, order_labels: list[int] | None) -> dict:
+    """The classifiers compared (in this order; ties go to the earlier).  Every one takes the same X: the wear
+    measures (first ``n_wear`` columns), then the CNN features (``n_cnn`` columns, 0: none)."""
+    from sklearn.compose import ColumnTransformer
     from sklearn.ensemble import RandomForestClassifier
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    return {"wear measures, logistic regression": make_pipeline(StandardScaler(), LogisticRegression(max_iter=5000)),
-            "wear measures, random forest (300 trees)": RandomForestClassifier(300, random_state=0, n_jobs=1)}
+    wear = list(range(n_wear))
+    only_wear = ColumnTransformer([("wear", "passthrough", wear)])
+    out = {LR: make_pipeline(only_wear, StandardScaler(), LogisticRegression(max_iter=5000)),
+           RF: make_pipeline(only_wear, RandomForestClassifier(300, random_state=0, n_jobs=1))}
+    if order_labels is not None:
+        out[ORD] = VBThresholds(FEATURES.index("vb_max"), tuple(order_labels))
+    if n_cnn:
+        reduce = make_pipeline(StandardScaler(), _TopPCA(CNN_COMPONENTS), StandardScaler())
+        joined = ColumnTransformer([("wear", StandardScaler(), wear),
+                                    ("cnn", reduce, list(range(n_wear, n_wear + n_cnn)))])
+        out[CNN] = make_pipeline(joined, LogisticRegression(max_iter=5000))
+    return out
+
+
+def inner_scores(cands: dict, X: np.ndarray, y: np.ndarray, folds: int = INNER_FOLDS, seed: int = 0) -> dict:
+    """Mean accuracy of every candidate by stratified ``folds``-fold CV on (X, y) only (fewer folds when a class
+    has fewer images; none possible: every candidate scores 0, so the first is chosen)."""
+    from sklearn.base import clone
+    from sklearn.model_selection import StratifiedKFold
+
+    k = min(folds, int(min(np.sum(y == c) for c in np.unique(y))))
+    if k < 2:
+        return {name: 0.0 for name in cands}
+    cv = list(StratifiedKFold(k, shuffle=True, random_state=seed).split(X, y))
+    out = {}
+    for name, est in cands.items():
+        accs = [float(np.mean(clone(est).fit(X[a], y[a]).predict(X[b]) == y[b])) for a, b in cv]
+        out[name] = float(np.mean(accs))
+    return out
+
+
+def choose(scores: dict) -> str:
+    """The best inner score; ties go to the earlier candidate."""
+    best = None
+    for name, v in scores.items():
+        if best is None or v > scores[best] + 1e-12:
+            best = name
+    return best
 
 
 def measure_all(data, masks: list[np.ndarray], edge: str = "bottom", progress: bool = False) -> np.ndarray:
@@ -132,12 +228,16 @@ def measure_all(data, masks: list[np.ndarray], edge: str = "bottom", progress: b
 
 def grade(data, out: str | Path, predicted: str | Path | None = None, cfg=None, splits: int = 10,
           test_size: float = 0.3, seed: int = 0, order: list[str] | None = None, edge: str = "bottom",
-          with_true: bool = True, progress: bool = True) -> dict:
+          with_true: bool = True, cnn_feats: np.ndarray | None = None, cnn: str | None = None,
+          inner_folds: int = INNER_FOLDS, progress: bool = True) -> dict:
     """The repeated-split protocol on wear measures of predicted masks (see the module's docstring).
 
     ``predicted``: out-of-fold maps of ``vinspect segment evaluate``; else a segmenter (``cfg``) is trained in
-    every split on its training part.  ``with_true``: also the same classifiers on the TRUE masks' measures, a
-    reference (what a perfect segmenter would give), never the method's figure."""
+    every split on its training part.  ``cnn_feats``: pooled CNN features of every whole image (one row per
+    image, e.g. ``vinspect.pipeline.wear.cnn_features``; ``cnn`` names their backbone) joined with the wear
+    measures in one candidate; None: no such candidate.  ``with_true``: also the same classifiers on the TRUE
+    masks' measures, a reference (what a perfect segmenter would give), never the method's figure.
+    ``inner_folds``: the folds of the inner cross-validation that chooses the classifier in each split."""
     from sklearn.base import clone
     from tqdm.auto import tqdm
 
@@ -148,27 +248,42 @@ def grade(data, out: str | Path, predicted: str | Path | None = None, cfg=None, 
     classes = list(data.folders)
     y = np.asarray(data.strata)
     check_class_sizes(y, classes, test_size, None, 2)
+    if inner_folds < 2:
+        raise BadInputError(f"--inner-folds {inner_folds}: must be at least 2")
     folds = list(repeated_splits(y, splits, test_size, seed))
     if order is None and set(classes) <= {"low", "medium", "high"}:
         order = [c for c in ("low", "medium", "high") if c in classes]
+    if order is not None:
+        bad = [c for c in order if c not in classes]
+        if bad or len(order) != len(classes):
+            raise BadInputError(f"--order {','.join(order)}: name each class once ({', '.join(classes)})")
+    order_labels = [classes.index(c) for c in order] if order else None
+    if cnn_feats is not None and len(cnn_feats) != len(y):
+        raise BadInputError(f"CNN features for {len(cnn_feats)} images, {len(y)} images given")
+    n_cnn = 0 if cnn_feats is None else cnn_feats.shape[1]
     per: dict[str, list] = {}
-    ordinal: dict[str, list] = {}
+    extra: dict[str, list] = {}
 
-    def score(prefix: str, Xs: np.ndarray, tr, te):
-        for name, head in _heads().items():
-            model = clone(head).fit(Xs[tr], y[tr])
-            per.setdefault(prefix + name, []).append(split_metrics(y[te], model.predict(Xs[te]), len(classes)))
-        if order:
-            rank = {c: i for i, c in enumerate(order)}
-            y_ord = np.array([rank[classes[v]] for v in y])
-            a, t = ordinal_accuracy(Xs[:, FEATURES.index("vb_max")], y_ord, tr, te)
-            ordinal.setdefault(prefix + "VB max thresholds (ordinal)", []).append((a, t))
+    def score(prefix: str, W: np.ndarray, tr, te):
+        X = W if cnn_feats is None else np.hstack([W, cnn_feats])
+        cands = candidates(W.shape[1], n_cnn, order_labels)
+        preds = {}
+        for name, est in cands.items():
+            model = clone(est).fit(X[tr], y[tr])
+            preds[name] = model.predict(X[te])
+            per.setdefault(prefix + name, []).append(split_metrics(y[te], preds[name], len(classes)))
+            if name == ORD:
+                extra.setdefault(prefix + name, []).append({"thresholds_px": model.thresholds_})
+        inner = inner_scores(cands, X[tr], y[tr], inner_folds, seed)
+        best = choose(inner)
+        per.setdefault(prefix + NESTED, []).append(split_metrics(y[te], preds[best], len(classes)))
+        extra.setdefault(prefix + NESTED, []).append({"chosen": best, "inner_accuracy": inner})
 
     source = "out-of-fold predictions" if predicted is not None else "segmenter trained inside each split"
     if predicted is not None:
-        X = measure_all(data, load_predicted(predicted, data.relpaths), edge, progress)
-        for tr, te in folds:
-            score("", X, tr, te)
+        W = measure_all(data, load_predicted(predicted, data.relpaths), edge, progress)
+        for tr, te in tqdm(folds, desc="splits", unit="split", disable=not progress, leave=False):
+            score("", W, tr, te)
     else:
         from ..segment.data import load_grid
         from ..segment.train import fit_size, predict_proba, preprocessing_for, to_labels, train_segmenter
@@ -187,10 +302,10 @@ def grade(data, out: str | Path, predicted: str | Path | None = None, cfg=None, 
             score("", measure_all(data, ms, edge), tr, te)
             (Path(out) / f".split{k}.ckpt").unlink(missing_ok=True)
     if with_true:
-        Xt = measure_all(data, [read_mask(mp, sz, data.fmt) > 0 for mp, sz in zip(data.mask_paths, data.sizes)],
+        Wt = measure_all(data, [read_mask(mp, sz, data.fmt) > 0 for mp, sz in zip(data.mask_paths, data.sizes)],
                          edge, progress)
         for tr, te in folds:
-            score("TRUE masks (reference): ", Xt, tr, te)
+            score("TRUE masks (reference): ", Wt, tr, te)
     table = {}
     counts = np.bincount(y, minlength=len(classes))
     for name, ms in per.items():
@@ -198,13 +313,17 @@ def grade(data, out: str | Path, predicted: str | Path | None = None, cfg=None, 
         s.update(protocol="repeated_stratified_shuffle_split", splits=len(folds), test_size=test_size, seed=seed,
                  majority_baseline=float(counts.max() / counts.sum()),
                  class_counts={c: int(n) for c, n in zip(classes, counts)})
+        if name.endswith(ORD):
+            s["thresholds_px"] = [e["thresholds_px"] for e in extra[name]]
+            s["order"] = list(order)
+        if name.endswith(NESTED):
+            s["chosen"] = [e["chosen"] for e in extra[name]]
+            s["chosen_counts"] = {c: s["chosen"].count(c) for c in dict.fromkeys(s["chosen"])}
+            s["inner_accuracy"] = [e["inner_accuracy"] for e in extra[name]]
+            s["inner_folds"] = inner_folds
         table[name] = s
-    for name, v in ordinal.items():
-        accs = [a for a, _ in v]
-        table[name] = {"accuracy_mean": float(np.mean(accs)),
-                       "accuracy_std": float(np.std(accs, ddof=1)) if len(accs) > 1 else 0.0,
-                       "per_split": accs, "thresholds_px": [t for _, t in v], "order": list(order)}
-    info = {"masks": source, "features": FEATURES, "classes": classes, "edge": edge,
-            "data": data.summary()}
+    info = {"masks": source, "features": FEATURES, "classes": classes, "edge": edge, "data": data.summary(),
+            "candidates": list(candidates(len(FEATURES), n_cnn, order_labels)),
+            "cnn": ({"backbone": cnn, "components": CNN_COMPONENTS, "dim": int(n_cnn)} if n_cnn else None)}
     save_results(Path(out), table, info)
     return {**table[PRIMARY], "variant": PRIMARY, "variants": table, **info}
