@@ -85,8 +85,9 @@ def evaluate_splits(data: DetData, cfg: DetectConfig, splits: int = 3, out: str 
             p = to_original(dets[j], it.width, it.height, pre.size_hw)
             preds.append(p)
             truths.append({"boxes": it.boxes, "labels": data.label_indices(it)})
-            rows.append({"path": it.relpath, "boxes": p["boxes"].round(1).tolist(),
-                         "scores": p["scores"].round(4).tolist(), "labels": p["labels"].tolist()})
+            keep = p["scores"] >= cfg.display_threshold  # what the pictures show (mAP above used every box)
+            rows.append({"path": it.relpath, "boxes": p["boxes"][keep].round(1).tolist(),
+                         "scores": p["scores"][keep].round(4).tolist(), "labels": p["labels"][keep].tolist()})
         m = detection_metrics(preds, truths, len(data.classes), data.classes)
         split = {"fingerprint": fp, "split": k, "n_train": int(len(tr)) - res["n_val"], "n_val": res["n_val"],
                  "n_test": int(len(te)), "train_seconds": res["train_seconds"], "train_wall_seconds": wall,
