@@ -461,6 +461,9 @@ def table(report: dict) -> str:
                          f"threshold: {vt:.1f} s ({vt / at:.2f}x) | |")
         elif a and a.get("error"):
             lines.append(f"| {name} | anomalib | failed: {a.get('error')} | | | | | | |")
+        elif a and a.get("not_finished"):
+            lines.append(f"| {name} | anomalib {a.get('anomalib_version')} | not finished: {a['not_finished']} "
+                         "| | | | | | |")
         for c in (a or {}).get("capped", []):
             lines.append(f"| {name} | anomalib {a.get('anomalib_version')} split {c['split']} | not finished: its coreset "
                          f"selection did {c['coreset_iterations_done']} of {c['coreset_iterations']} iterations in "

@@ -135,10 +135,12 @@ def main() -> int:
                 row["recall_reweighted_at_threshold"] = float((s_rw[y == 1] > thr).mean())
             if mask_files is not None:
                 row.update(_pixel_metrics(maps, test, dec, mask_files, idx_ok, spec.resize))
+            rows = json.loads(OUT.read_text()) if OUT.exists() else []  # re-read: another run may have added rows
             rows.append(row)
             OUT.write_text(json.dumps(rows, indent=1) + "\n")
             print(json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()}), flush=True)
         del feats
+    rows = json.loads(OUT.read_text()) if OUT.exists() else []
     (OUT.with_suffix(".md")).write_text(table(rows))
     return 0
 

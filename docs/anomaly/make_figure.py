@@ -14,7 +14,7 @@ import torch
 from vinspect.anomaly import plots
 from vinspect.anomaly.data import find_masks, load_anomaly_data, load_mask
 from vinspect.anomaly.features import decode_all
-from vinspect.anomaly.protocol import _split_normal, _with_spec, fit_with_threshold
+from vinspect.anomaly.protocol import _split_normal, _with_spec, fit_threshold
 from vinspect.anomaly.model import AnomalyModel
 
 MT = Path(__file__).resolve().parents[3] / "shared" / "datasets" / "magnetic-tile"
@@ -26,7 +26,7 @@ train, _ = _split_normal(normal, 0.7, np.random.default_rng(0))
 train = train[:150]
 dec = decode_all([data.paths[i] for i in train], model.spec, progress=False)
 feats = model.features(dec.pixels)
-fit_with_threshold(model, feats, 0.15, 0.99, 0)
+fit_threshold(model, feats, 0.99, 0)
 show = []
 for cls in ("blowhole", "break", "crack", "fray", "uneven"):
     show += [i for i in range(len(data.paths)) if data.classes[i] == cls][:2]
@@ -35,12 +35,11 @@ maps, scores = model.score(d.pixels)
 items = []
 for k, i in enumerate(show):
     h, w = model.spec.height, model.spec.width
-    # the mask onto the input grid the same way the image went (letterbox)
+    # the mask onto the input grid the same way the image went (squash or letterbox)
     from vinspect.anomaly.features import letterbox_box
-    from PIL import Image
 
     ow, oh = d.sizes[k]
-    x0, y0, nw, nh = letterbox_box(ow, oh, w, h)
+    x0, y0, nw, nh = letterbox_box(ow, oh, w, h) if model.spec.resize == "letterbox" else (0, 0, w, h)
     m = load_mask(masks.get(i), nw, nh)
     grid = np.zeros((h, w), bool)
     grid[y0:y0 + nh, x0:x0 + nw] = m
