@@ -39,7 +39,7 @@ def _fraction(text: str) -> float:
 
 
 def _common(p) -> None:
-    from ..anomaly.model import DEFAULTS
+    from ..anomaly.defaults import DEFAULTS
 
     p.add_argument("data", metavar="DATA", help="folder with one sub-folder per class (the normal class and, for "
                                                 "evaluate, the defect classes)")
@@ -80,7 +80,7 @@ def _folds(args) -> int | None:
 
 def _model_kwargs(args) -> dict:
     from ..anomaly.features import InputSpec
-    from ..anomaly.model import DEFAULTS
+    from ..anomaly.defaults import DEFAULTS
     from ..backbones.registry import get_spec
 
     kw: dict = {"backbone": args.backbone, "weights": args.weights}
