@@ -80,6 +80,11 @@ def test_variant_features_equal_the_plain_extractor(wear_small, tmp_path):
         assert np.abs(a - fs.features).max() <= 1e-4 * np.abs(fs.features).max() + 1e-5, v.name
     again = prepare(ds, cache_dir=tmp_path / "a", engine="onnx", progress=False)  # all from the cache now
     assert again["stats"]["n_computed"] == 0
+    # a later plain run served wholly from that cache still reports the extraction rate (vinspect compare did not)
+    cached = extract(ds, Extractor(layer="blocks.6", pool="max", image_size=224, resize="squash", engine="torch"),
+                     cache_dir=tmp_path / "a", progress=False)
+    assert cached.stats["n_computed"] == 0 and cached.stats["images_per_second_source"] == "cache"
+    assert cached.stats["images_per_second"] > 0
 
 
 def test_outer_test_part_never_reaches_the_search(neu_loaded):

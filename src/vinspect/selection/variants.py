@@ -187,6 +187,10 @@ def load_variants(ds: Dataset, variants: list[FeatureVariant], stages: list[str]
                     for i, reason in failures:
                         failed[todo[i]] = reason
                 secs = time.perf_counter() - t0
+                if n and secs > 0:  # the rate a later fully cached run reports (as features.extract records it)
+                    for c in caches.values():
+                        c.set_attr("images_per_second", n / secs)
+                        c.set_attr("images_per_second_n", n)
                 stats["n_computed"] += n
                 stats["seconds"] += secs
                 stats["passes"].append({"size": size, "resize": resize, "images": n, "seconds": secs,
