@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
 from ..backbones.registry import DEFAULT_BACKBONE
 from ..errors import BadInputError
+from ..training.config import LoopTaskConfig
 from .annotations import DetData
 
 # Defaults fixed before any evaluation: NEU surfaces have no meaningful orientation, so both flips (which move
@@ -22,7 +21,7 @@ DEFAULT_AUGMENT = "hflip=0.5,vflip=0.5,brightness=0.15,contrast=0.15"
 
 
 @dataclass
-class DetectConfig:
+class DetectConfig(LoopTaskConfig):
     backbone: str = DEFAULT_BACKBONE
     weights: str | None = None
     input_size: tuple[int, int] | None = None  # (height, width), multiples of 32; default: see fit_size
@@ -67,24 +66,6 @@ class DetectConfig:
         d = asdict(self)
         d["input_size"] = list(self.input_size) if self.input_size else None
         return d
-
-    @classmethod
-    def from_dict(cls, d: dict) -> DetectConfig:
-        return cls(**{k: v for k, v in d.items() if k in {f.name for f in fields(cls)}})
-
-    def fingerprint(self, *extra) -> str:
-        d = self.as_dict()
-        d.pop("device", None)
-        return hashlib.sha256(json.dumps([d, *extra], sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-    def train_config(self):
-        from ..training.config import TrainConfig
-
-        return TrainConfig(method="finetune", backbone=self.backbone, epochs=int(self.epochs), lr=float(self.lr),
-                           finetune_lr=float(self.lr), optimizer="adamw", weight_decay=float(self.weight_decay),
-                           batch_size=int(self.batch_size), scheduler="cosine", warmup_epochs=int(self.warmup_epochs),
-                           patience=int(self.patience), val_fraction=float(self.val_fraction), augment=self.augment,
-                           seed=int(self.seed), device=self.device, probe=False)
 
 
 def fit_size(data: DetData, multiple: int = 32) -> tuple[int, int]:

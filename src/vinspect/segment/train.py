@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
 from ..backbones.registry import DEFAULT_BACKBONE
 from ..errors import BadInputError
+from ..training.config import LoopTaskConfig
 
 # Defaults chosen before any evaluation, from the recipe measured in issue 13 (U-Net, efficientnet_lite0,
 # 320 x 128, Dice + BCE, AdamW 1e-3 with warm-up then cosine decay, 30 epochs, flips and brightness).
@@ -18,7 +17,7 @@ DEFAULT_AUGMENT = "hflip=0.5,brightness=0.2"
 
 
 @dataclass
-class SegmentConfig:
+class SegmentConfig(LoopTaskConfig):
     backbone: str = DEFAULT_BACKBONE
     arch: str = "unet"
     weights: str | None = None
@@ -62,25 +61,6 @@ class SegmentConfig:
         d["input_size"] = list(self.input_size) if self.input_size else None
         d["decoder_channels"] = list(self.decoder_channels) if self.decoder_channels else None
         return d
-
-    @classmethod
-    def from_dict(cls, d: dict) -> SegmentConfig:
-        return cls(**{k: v for k, v in d.items() if k in {f.name for f in fields(cls)}})
-
-    def fingerprint(self, *extra) -> str:
-        d = self.as_dict()
-        d.pop("device", None)
-        return hashlib.sha256(json.dumps([d, *extra], sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-    def train_config(self):
-        """The shared loop's settings (its stages are not used for segmentation: one stage trains all)."""
-        from ..training.config import TrainConfig
-
-        return TrainConfig(method="finetune", backbone=self.backbone, epochs=int(self.epochs), lr=float(self.lr),
-                           finetune_lr=float(self.lr), optimizer="adamw", weight_decay=float(self.weight_decay),
-                           batch_size=int(self.batch_size), scheduler="cosine", warmup_epochs=int(self.warmup_epochs),
-                           patience=int(self.patience), val_fraction=float(self.val_fraction), augment=self.augment,
-                           seed=int(self.seed), device=self.device, probe=False)
 
 
 def fit_size(sizes: list[tuple[int, int]], long_side: int = 320, multiple: int = 32) -> tuple[int, int]:

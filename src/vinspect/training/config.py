@@ -141,6 +141,34 @@ class TrainConfig:
 
     def fingerprint(self, *extra) -> str:
         """What a checkpoint must match to be resumed (device and progress output excluded)."""
-        d = self.as_dict()
-        d.pop("device", None)
-        return hashlib.sha256(json.dumps([d, *extra], sort_keys=True, default=str).encode()).hexdigest()[:16]
+        return settings_fingerprint(self.as_dict(), *extra)
+
+
+def settings_fingerprint(settings: dict, *extra) -> str:
+    """A short hash of a config's settings (``as_dict()``) and ``extra``, the device left out: what a checkpoint
+    must match to be resumed."""
+    d = dict(settings)
+    d.pop("device", None)
+    return hashlib.sha256(json.dumps([d, *extra], sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+class LoopTaskConfig:
+    """Shared by the dataclass configs of the tasks that train through the shared loop in one stage (segment,
+    detect): reading from a dict, the resume fingerprint and the loop's :class:`TrainConfig`.  The subclass has
+    the fields backbone, epochs, lr, weight_decay, batch_size, warmup_epochs, patience, val_fraction, augment,
+    seed and device, and an ``as_dict()``."""
+
+    @classmethod
+    def from_dict(cls, d: dict):
+        return cls(**{k: v for k, v in d.items() if k in {f.name for f in fields(cls)}})
+
+    def fingerprint(self, *extra) -> str:
+        return settings_fingerprint(self.as_dict(), *extra)
+
+    def train_config(self) -> TrainConfig:
+        """The shared loop's settings (its stages are not used here: one stage trains all)."""
+        return TrainConfig(method="finetune", backbone=self.backbone, epochs=int(self.epochs), lr=float(self.lr),
+                           finetune_lr=float(self.lr), optimizer="adamw", weight_decay=float(self.weight_decay),
+                           batch_size=int(self.batch_size), scheduler="cosine", warmup_epochs=int(self.warmup_epochs),
+                           patience=int(self.patience), val_fraction=float(self.val_fraction), augment=self.augment,
+                           seed=int(self.seed), device=self.device, probe=False)
