@@ -15,7 +15,7 @@ from vinspect.data.dataset import scan_folder
 from vinspect.features.extract import Extractor, extract
 from vinspect.pipeline.auto import prepare
 from vinspect.selection import nested, space
-from vinspect.selection.search import DEFAULT_SELECT
+from vinspect.selection.search import DEFAULT_SELECT, Clock
 
 
 def run(capfd, *argv):
@@ -109,6 +109,44 @@ def test_outer_test_part_never_reaches_the_search(neu_loaded):
     bad = nested.nested_evaluate(loaded["features"], poisoned, ds.classes, variants, SMALL_HEADS, folds=leaky,
                                  budget_s=300, progress=False)
     assert _inner_best(bad) < 0.9
+
+
+def test_search_order_reference_in_full_and_repeats_on_small_data(neu_loaded):
+    """The default configuration is scored on every inner fold before anything else (so it is in the final
+    comparison even when the budget stops the search right after it); heads are searched on the default
+    features before the other feature variants; small training parts get repeated inner folds."""
+    import importlib
+
+    S = importlib.import_module("vinspect.selection.search")  # the package exports the function of that name
+    ds, loaded = neu_loaded
+    y, X, variants = loaded["labels"], loaded["features"], loaded["variants"][:5]
+    assert S.inner_repeats(141) == 4 and S.inner_repeats(50) == S.MAX_REPEATS and S.inner_repeats(S.MIN_VALIDATION) == 1
+    assert len(S.inner_folds(y, 0)) == 5 * S.inner_repeats(len(y))
+    full = S.search(X, y, variants, SMALL_HEADS, seed=1, n_jobs=1)
+    k = full.folds
+    recs = full.records
+    assert recs[0]["label"] == S.Candidate(variants[0], S.REFERENCE_HEAD).label and recs[0]["n_folds"] == k
+    stages = [r["stage"] for r in recs]
+    assert stages == sorted(stages) and stages[0] == 0 and set(stages[1:]) <= {1, 2, 3}
+    assert all(r["features"] == variants[0].as_dict() for r in recs if r["stage"] == 1)
+    # a budget that runs out right after the reference: it is chosen, nothing else was scored
+    cut = S.search(X, y, variants, SMALL_HEADS, seed=1, n_jobs=1, clock=_StopAfterReference())
+    assert cut.budget_reached and cut.best == S.Candidate(variants[0], S.REFERENCE_HEAD)
+    assert [r["n_folds"] for r in cut.records] == [k]
+
+
+class _StopAfterReference(Clock):
+    """A budget that runs out right after the reference's fits: the first check (made once the reference is
+    scored) passes, every later one fails (deterministic, unlike wall time)."""
+
+    def __init__(self):
+        super().__init__(1e9)
+        self.calls = 0
+
+    def expired(self) -> bool:
+        self.calls += 1
+        self.reached = self.reached or self.calls > 1
+        return self.reached
 
 
 def _inner_best(res) -> float:

@@ -15,7 +15,7 @@ import numpy as np
 from ..data.splits import check_class_sizes, repeated_splits
 from ..errors import BadInputError
 from ..evaluation.metrics import split_metrics, summarize
-from .search import DEFAULT_SELECT, SELECT, Clock, planned_fits, search
+from .search import DEFAULT_SELECT, INNER_FOLDS, SELECT, Clock, inner_repeats, planned_fits, search
 from .space import Candidate, FeatureVariant, HeadConfig
 
 MIN_SEARCH_SECONDS = 1.0
@@ -65,7 +65,7 @@ def nested_evaluate(features: dict[FeatureVariant, np.ndarray], y: np.ndarray, c
                             f"needs at least {MIN_SEARCH_SECONDS:g} s")
     from tqdm.auto import tqdm
 
-    k_guess = 5
+    k_guess = INNER_FOLDS * inner_repeats(len(folds[0][0]))
     bar = tqdm(total=len(folds) * planned_fits(len(variants), len(heads), k_guess), desc="auto search",
                unit="fit", disable=not progress)
     per, details, t0 = [], [], time.perf_counter()
