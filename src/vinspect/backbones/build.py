@@ -113,6 +113,22 @@ def create_backbone(name: str, weights: str | Path | None = None, random_init: b
     return LoadedBackbone(model, spec, str(path) if path else None, sha, source)
 
 
+def copy_pretrained(target: nn.Module, name: str, weights: str | Path | None = None,
+                    part: str = "feature layers") -> dict:
+    """Load backbone ``name``'s weights (``weights``: a local file; else as :func:`create_backbone` finds them)
+    into ``target``, a module built from the same timm architecture whose state-dict keys are a subset of the
+    full network's (a ``features_only`` body, a segmentation encoder).  Returns where the weights came from
+    (``weights_path``, ``weights_sha256``, ``weights_source``, ``random_init``: False)."""
+    lb = create_backbone(name, weights=weights)
+    sd, own = lb.model.state_dict(), target.state_dict()
+    missing = [k for k in own if k not in sd or sd[k].shape != own[k].shape]
+    if missing:
+        raise BadInputError(f"the {lb.spec.arch} weights do not cover its {part} (first missing: {missing[:3]})")
+    target.load_state_dict({k: sd[k] for k in own})
+    return {"weights_path": lb.weights_path, "weights_sha256": lb.weights_sha256,
+            "weights_source": lb.weights_source, "random_init": False}
+
+
 def candidate_layers(model: nn.Module) -> list[str]:
     """Top-level modules, and the members of top-level containers (blocks.0, stages.2, layer3 ...)."""
     names = []

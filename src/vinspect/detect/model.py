@@ -141,7 +141,7 @@ def build_detector(backbone: str = DEFAULT_BACKBONE, n_classes: int = 6, weights
                    score_thresh: float = 0.05, nms_thresh: float = 0.5,
                    detections_per_img: int = 100) -> tuple[Detector, dict]:
     """The network and a description of its backbone weights (``{"name", "arch", "weights_sha256", ...}``)."""
-    from ..backbones.build import _load_into, _read_state_dict, create_backbone
+    from ..backbones.build import copy_pretrained
     from ..backbones.registry import get_spec, import_timm
 
     timm = import_timm()
@@ -160,29 +160,7 @@ def build_detector(backbone: str = DEFAULT_BACKBONE, n_classes: int = 6, weights
     info = {"name": spec.name, "arch": spec.arch, "weights_sha256": None, "weights_path": None,
             "weights_source": "random-init", "random_init": True}
     if not random_init:
-        if weights is not None:
-            from pathlib import Path
-
-            from ..data.dataset import file_sha256
-
-            p = Path(weights).expanduser()
-            if not p.is_file():
-                raise BadInputError(f"--weights {p}: no such file")
-            full = create_backbone(backbone, random_init=True).model
-            _load_into(full, _read_state_dict(p), p, ordered=True)
-            info.update(weights_path=str(p), weights_sha256=file_sha256(p), weights_source="file", random_init=False)
-        else:
-            lb = create_backbone(backbone)
-            full = lb.model
-            info.update(weights_path=lb.weights_path, weights_sha256=lb.weights_sha256,
-                        weights_source=lb.weights_source, random_init=False)
-        sd = full.state_dict()
-        own = body.state_dict()
-        missing = [k for k in own if k not in sd or sd[k].shape != own[k].shape]
-        if missing:
-            raise BadInputError(f"the {spec.arch} weights do not cover its feature layers (first missing: "
-                                f"{missing[:3]})")
-        body.load_state_dict({k: sd[k] for k in own})
+        info.update(copy_pretrained(body, backbone, weights, "feature layers"))
     chans = list(body.feature_info.channels())
     neck = _Backbone(body, chans, fpn_channels)
     head = FCOSHead(fpn_channels, 1, n_classes, num_convs=head_convs)

@@ -54,7 +54,7 @@ def build_segmenter(backbone: str = DEFAULT_BACKBONE, arch: str = "unet", n_clas
 
     ``random_init``: no pretrained weights (used when rebuilding a trained bundle, whose file holds them all).
     """
-    from ..backbones.build import _load_into, _read_state_dict, create_backbone
+    from ..backbones.build import copy_pretrained
     from ..backbones.registry import get_spec
 
     if arch not in ARCHS:
@@ -72,29 +72,6 @@ def build_segmenter(backbone: str = DEFAULT_BACKBONE, arch: str = "unet", n_clas
     info = {"name": spec.name, "arch": spec.arch, "weights_sha256": None, "weights_path": None,
             "weights_source": "random-init", "random_init": True}
     if not random_init:
-        if weights is not None:  # a local file for a timm architecture
-            from pathlib import Path
-
-            from ..data.dataset import file_sha256
-
-            p = Path(weights).expanduser()
-            if not p.is_file():
-                raise BadInputError(f"--weights {p}: no such file")
-            full = create_backbone(backbone, random_init=True).model
-            _load_into(full, _read_state_dict(p), p, ordered=True)
-            info.update(weights_path=str(p), weights_sha256=file_sha256(p), weights_source="file", random_init=False)
-        else:
-            lb = create_backbone(backbone)
-            full = lb.model
-            info.update(weights_path=lb.weights_path, weights_sha256=lb.weights_sha256,
-                        weights_source=lb.weights_source, random_init=False)
-        sd = full.state_dict()
-        enc = model.encoder.model
-        own = enc.state_dict()
-        missing = [k for k in own if k not in sd or sd[k].shape != own[k].shape]
-        if missing:
-            raise BadInputError(f"the {spec.arch} weights do not cover its feature encoder (first missing: "
-                                f"{missing[:3]})")
-        enc.load_state_dict({k: sd[k] for k in own})
+        info.update(copy_pretrained(model.encoder.model, backbone, weights, "feature encoder"))
     pre = spec.preprocessing
     return SegmentationNet(model, pre.mean, pre.std), info
