@@ -43,9 +43,17 @@ def tiny_model(neu_det, tmp_path_factory) -> Path:
     from vinspect.detect.train import DetectConfig
     from vinspect.pipeline.detect import train_bundle
 
+    import torch
+
     out = tmp_path_factory.mktemp("det_model") / "model"
     data = load_annotations(neu_det / "images", neu_det / "voc")
-    train_bundle(data, DetectConfig(input_size=96, epochs=2, val_fraction=0.2, batch_size=8), out, progress=False)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the same model every run: multi-threaded kernels sum in a varying order, and a
+    try:  # half-trained detector has near-tied overlapping boxes that the ONNX comparison below must not meet
+        train_bundle(data, DetectConfig(input_size=96, epochs=2, val_fraction=0.2, batch_size=8, seed=0), out,
+                     progress=False)
+    finally:
+        torch.set_num_threads(threads)
     return out
 
 
@@ -209,6 +217,30 @@ def test_predict_explain_and_export_accept_the_detect_bundle(tiny_model, neu_det
     assert e.overlay_png(next((neu_det / "images" / "patches").glob("*.jpg")))[:4] == b"\x89PNG"
     out = pred.export_onnx(tmp_path / "det.onnx")
     assert out.is_file()
+
+
+def test_training_is_reproducible_from_the_seed(neu_det):
+    """The same seed (and one thread) gives the same network, the new head's initialisation included."""
+    import dataclasses
+
+    import torch
+
+    from vinspect.detect.annotations import load_annotations
+    from vinspect.detect.train import DetectConfig, load_grid, preprocessing_for, train_detector
+
+    data = load_annotations(neu_det / "images", neu_det / "voc")
+    cfg = DetectConfig(input_size=64, epochs=1, val_fraction=0.0, batch_size=8)
+    images, targets = load_grid(data, preprocessing_for(cfg, (64, 64)), progress=False)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        nets = [train_detector(images, targets, len(data.classes),
+                               dataclasses.replace(cfg, seed=s), progress=False)[0].state_dict()
+                for s in (3, 3, 4)]
+    finally:
+        torch.set_num_threads(threads)
+    assert all(torch.equal(nets[0][k], nets[1][k]) for k in nets[0])
+    assert not all(torch.equal(nets[0][k], nets[2][k]) for k in nets[0])
 
 
 def test_onnx_boxes_match_torch_on_20_images(tiny_model, neu_det, tmp_path):

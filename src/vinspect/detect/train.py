@@ -212,11 +212,12 @@ def train_detector(images: np.ndarray, targets: list[dict], n_classes: int, cfg:
                    progress: bool = True, desc: str = "train"):
     """Train on (N, H, W, 3) uint8 images and their grid targets; ``cfg.val_fraction`` of them (stratified)
     is held out for early stopping.  Returns ``(net, fit info)`` with the best epoch's weights."""
-    from ..training.trainer import fit
+    from ..training.trainer import fit, seed_everything
     from .model import build_detector
 
     n = len(images)
     val = split_validation(np.zeros(n, int) if strata is None else np.asarray(strata), cfg.val_fraction, cfg.seed)
+    seed_everything(cfg.seed)  # the head's initialisation is reproducible from the seed too
     net, info = build_detector(cfg.backbone, n_classes, cfg.weights, fpn_channels=cfg.fpn_channels,
                                head_convs=cfg.head_convs, score_thresh=cfg.score_threshold,
                                nms_thresh=cfg.nms_threshold, detections_per_img=cfg.max_detections)

@@ -109,7 +109,7 @@ def train_segmenter(images: np.ndarray, masks: np.ndarray, n_classes: int, cfg: 
 
     A fraction ``cfg.val_fraction`` of the images (stratified by ``strata`` when given) is held out for early
     stopping; returns ``(net, fit info)`` with the best epoch's weights."""
-    from ..training.trainer import fit
+    from ..training.trainer import fit, seed_everything
     from .model import build_segmenter
 
     rng = np.random.default_rng(cfg.seed)
@@ -122,6 +122,7 @@ def train_segmenter(images: np.ndarray, masks: np.ndarray, n_classes: int, cfg: 
             idx = np.flatnonzero(strata == s)
             k = int(round(len(idx) * cfg.val_fraction))
             val[rng.permutation(idx)[:k]] = True
+    seed_everything(cfg.seed)  # the decoder's initialisation is reproducible from the seed too
     net, info = build_segmenter(cfg.backbone, cfg.arch, n_classes, cfg.weights,
                                 decoder_channels=cfg.decoder_channels)
     tc = cfg.train_config()
