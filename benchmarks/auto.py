@@ -50,6 +50,13 @@ def elpv_root() -> Path:
     return d
 
 
+def _commit() -> str:
+    """The code the task ran with (its search changed between runs)."""
+    r = subprocess.run(["git", "-C", str(Path(__file__).parent), "rev-parse", "--short", "HEAD"],
+                       capture_output=True, text=True)
+    return r.stdout.strip() or "unknown"
+
+
 def load_avg() -> list[float]:
     return [round(x, 2) for x in os.getloadavg()]
 
@@ -90,7 +97,8 @@ def run_task(name: str, root: Path, classes, args) -> dict:
     auto = {"accuracy": {"mean": res["accuracy_mean"], "std": res["accuracy_std"]},
             "balanced_accuracy": {"mean": res["balanced_accuracy_mean"], "std": res["balanced_accuracy_std"]}}
     out = {
-        "task": name, "data": str(root), "classes": res["classes"], "class_counts": res["class_counts"],
+        "task": name, "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "commit": _commit(), "data": str(root), "classes": res["classes"], "class_counts": res["class_counts"],
         "n_images": res["n_images"], "splits": n, "seed": args.seed, "budget": args.budget,
         "select": res["select"], "auto": auto, "default": {"accuracy": row(dflt, "accuracy"),
                                                           "balanced_accuracy": row(dflt, "balanced_accuracy")},
@@ -159,7 +167,7 @@ def main() -> int:
     from vinspect.benchmark import cpu_model
 
     path = RESULTS / "auto.json"
-    report = json.loads(path.read_text()) if path.exists() and not args.force else {"tasks": {}}
+    report = json.loads(path.read_text()) if path.exists() else {"tasks": {}}  # --force reruns --tasks only
     report.update(date=datetime.now(timezone.utc).isoformat(timespec="seconds"), cpu=cpu_model(),
                   cores=os.cpu_count(), splits=args.splits, seed=args.seed, budget=args.budget)
     for name in args.tasks.split(","):
