@@ -120,7 +120,7 @@ def run_task(name: str, root: Path, classes, args) -> dict:
 
 def markdown(report: dict) -> str:
     lines = ["# Automatic model selection (--auto): default vs auto vs best fixed", "",
-             f"{report['date']}, {report['cpu']} ({report['cores']} cores), {report['splits']} outer stratified 70/30 "
+             f"Last run {report['date']} (each task's run in the second table), {report['cpu']} ({report['cores']} cores), {report['splits']} outer stratified 70/30 "
              f"splits (seed {report['seed']}), search budget per task in the second table, selection on inner "
              f"balanced accuracy (the default). Best fixed: the best outer mean among the fixed candidates "
              f"(every feature variant with the default head, the default features with every head, every "
@@ -138,13 +138,14 @@ def markdown(report: dict) -> str:
                          f"{'yes' if acc['auto_gt_default'] else 'no'} |")
     lines += ["", "Time (s): auto = extraction of every variant (once, cached) + the search over all splits; "
                   "default = its 10 fits on cached features (its extraction is one of auto's passes).", "",
-              "| task | budget | extraction | search | default fits | fixed candidates | budget reached in splits | "
-              "load avg before / after | chosen (splits) |",
-              "|---|---|---:|---:|---:|---:|---|---|---|"]
+              "| task | run (UTC, commit) | budget | extraction | search | default fits | fixed candidates | "
+              "budget reached in splits | load avg before / after | chosen (splits) |",
+              "|---|---|---|---:|---:|---:|---:|---|---|---|"]
     for t in report["tasks"].values():
         s = t["seconds"]
         chosen = "; ".join(f"{k} ({v})" for k, v in t["chosen_counts"].items())
-        lines.append(f"| {t['task']} | {t['budget']} | {s['extract']:.0f} | {s['search']:.0f} | {s['default_fits']:.1f} | "
+        run = f"{t.get('date', report['date'])[:16]}, {t.get('commit', 'before 1ffc42e')}"
+        lines.append(f"| {t['task']} | {run} | {t['budget']} | {s['extract']:.0f} | {s['search']:.0f} | {s['default_fits']:.1f} | "
                      f"{s['fixed_candidates']:.0f} | "
                      f"{t['budget_reached_splits'] or 'none'} | {t['load_before']} / {t['load_after']} | {chosen} |")
     n_better = sum(t["acceptance"]["accuracy"]["auto_gt_default"] for t in report["tasks"].values())
