@@ -38,26 +38,10 @@ def draw_boxes(image, boxes, labels: list[str], scores=None, truth=None, truth_l
 
 
 def grid_png(items: list[tuple[np.ndarray, str]], path: str | Path, cols: int = 3, title: str = "") -> Path:
-    from ..reporting.plots import _plt
+    """A grid of RGB pictures with captions."""
+    from ..reporting.plots import image_grid_png
 
-    plt = _plt()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    n = max(1, len(items))
-    cols = min(cols, n)
-    rows = (n + cols - 1) // cols
-    fig, axes = plt.subplots(rows, cols, figsize=(cols * 3.6, rows * 3.8 + 0.5), dpi=110, squeeze=False)
-    for ax in axes.ravel():
-        ax.axis("off")
-    for ax, (img, caption) in zip(axes.ravel(), items):
-        ax.imshow(img)
-        ax.set_title(caption, fontsize=7)
-    if title:
-        fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, format="png")
-    plt.close(fig)
-    return path
+    return image_grid_png(items, path, cols, title, cell=3.6)
 
 
 def pr_curves_png(curves: dict, path: str | Path, title: str = "") -> Path:
@@ -94,28 +78,7 @@ def pr_curves_png(curves: dict, path: str | Path, title: str = "") -> Path:
 
 def curves_png(history: list[dict], path: str | Path, title: str = "") -> Path:
     """Loss (training, augmented, and validation) and validation mAP@0.5 per epoch."""
-    from ..reporting.plots import _plt
+    from ..reporting.plots import training_curves_png
 
-    plt = _plt()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    x = list(range(1, len(history) + 1))
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6), dpi=110)
-    axes[0].plot(x, [h.get("train_loss", float("nan")) for h in history], "o-", ms=3, label="train (augmented)")
-    if any("val_loss" in h for h in history):
-        axes[0].plot(x, [h.get("val_loss", float("nan")) for h in history], "o-", ms=3, label="validation")
-    axes[0].set_ylabel("loss (focal + GIoU + centre-ness)")
-    if any("val_map50" in h for h in history):
-        axes[1].plot(x, [h.get("val_map50", float("nan")) for h in history], "o-", ms=3, label="validation")
-    axes[1].set_ylabel("mAP@0.5")
-    for ax in axes:
-        ax.set_xlabel("epoch")
-        ax.grid(alpha=0.3)
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend()
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, format="png")
-    plt.close(fig)
-    return path
+    return training_curves_png(history, path, title,
+                               panels=(("loss", "loss (focal + GIoU + centre-ness)"), ("map50", "mAP@0.5")))

@@ -67,33 +67,62 @@ def comparison_png(rows: list[dict], path: str | Path) -> Path:
     return Path(path)
 
 
-def training_curves_png(history: list[dict], path: str | Path, title: str = "") -> Path:
-    """Loss and accuracy per epoch, training vs validation; stages (head, fine-tuning) separated by a line."""
+def training_curves_png(history: list[dict], path: str | Path, title: str = "",
+                        panels: tuple[tuple[str, str], ...] = (("loss", "loss"), ("accuracy", "accuracy"))) -> Path:
+    """One panel per ``(key, label)`` of ``panels``: ``train_<key>`` (augmented) and ``val_<key>`` per epoch, each
+    where the history has it; stages (head, fine-tuning) separated by a line when there are several."""
     plt = _plt()
+    from matplotlib.ticker import MaxNLocator
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     x = list(range(1, len(history) + 1))
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4), dpi=110)
-    for ax, key, label in ((axes[0], "loss", "loss"), (axes[1], "accuracy", "accuracy")):
-        ax.plot(x, [h[f"train_{key}"] for h in history], "o-", ms=3, label="train (augmented)")
-        if any(f"val_{key}" in h for h in history):
-            ax.plot(x, [h.get(f"val_{key}", float("nan")) for h in history], "o-", ms=3, label="validation")
-        for i in range(1, len(history)):
-            if history[i]["stage"] != history[i - 1]["stage"]:
-                ax.axvline(i + 0.5, color="grey", ls="--", lw=1)
-                ax.text(i + 0.6, ax.get_ylim()[1], history[i]["stage"], va="top", fontsize=8, color="grey")
-        if history:
-            ax.text(1, ax.get_ylim()[1], history[0]["stage"], va="top", fontsize=8, color="grey")
-        from matplotlib.ticker import MaxNLocator
-
+    stages = [h.get("stage") for h in history]
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4), dpi=110, squeeze=False)
+    for ax, (key, label) in zip(axes[0], panels):
+        for part, name in (("train", "train (augmented)"), ("val", "validation")):
+            ys = [h.get(f"{part}_{key}", float("nan")) for h in history]
+            if any(y is not None and np.isfinite(y) for y in ys):  # not measured (missing or NaN): no line
+                ax.plot(x, [float("nan") if y is None else y for y in ys], "o-", ms=3, label=name)
+        if len(set(stages)) > 1:
+            for i in range(1, len(history)):
+                if stages[i] != stages[i - 1]:
+                    ax.axvline(i + 0.5, color="grey", ls="--", lw=1)
+                    ax.text(i + 0.6, ax.get_ylim()[1], stages[i], va="top", fontsize=8, color="grey")
+            ax.text(1, ax.get_ylim()[1], stages[0], va="top", fontsize=8, color="grey")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("epoch")
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
-        ax.legend()
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend()
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    fig.savefig(path)
+    fig.savefig(path, format="png")
+    plt.close(fig)
+    return path
+
+
+def image_grid_png(items: list[tuple[np.ndarray, str]], path: str | Path, cols: int = 3, title: str = "",
+                   cell: float = 3.6) -> Path:
+    """RGB pictures with their captions in a grid of ``cols`` columns (each about ``cell`` inches wide)."""
+    plt = _plt()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    n = max(1, len(items))
+    cols = min(cols, n)
+    rows = (n + cols - 1) // cols
+    h, w = items[0][0].shape[:2] if items else (100, 100)
+    fig, axes = plt.subplots(rows, cols, figsize=(cols * cell, rows * cell * h / w + 0.6), dpi=110, squeeze=False)
+    for ax in axes.ravel():
+        ax.axis("off")
+    for ax, (img, caption) in zip(axes.ravel(), items):
+        ax.imshow(img)
+        ax.set_title(caption, fontsize=7 if cell < 4 else 8)
+    if title:
+        fig.suptitle(title, fontsize=9 if cell < 4 else 10)
+    fig.tight_layout()
+    fig.savefig(path, format="png")
     plt.close(fig)
     return path

@@ -43,50 +43,14 @@ def overlay_png(image: np.ndarray, pred: np.ndarray, path: str | Path, true: np.
 
 
 def grid_png(items: list[tuple[np.ndarray, str]], path: str | Path, cols: int = 3, title: str = "") -> Path:
-    """A grid of RGB pictures with captions (matplotlib)."""
-    from ..reporting.plots import _plt
+    """A grid of RGB pictures with captions."""
+    from ..reporting.plots import image_grid_png
 
-    plt = _plt()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    n = max(1, len(items))
-    cols = min(cols, n)
-    rows = (n + cols - 1) // cols
-    h, w = items[0][0].shape[:2] if items else (100, 100)
-    fig, axes = plt.subplots(rows, cols, figsize=(cols * 4.0, rows * 4.0 * h / w + 0.6), dpi=110, squeeze=False)
-    for ax in axes.ravel():
-        ax.axis("off")
-    for ax, (img, caption) in zip(axes.ravel(), items):
-        ax.imshow(img)
-        ax.set_title(caption, fontsize=8)
-    if title:
-        fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, format="png")
-    plt.close(fig)
-    return path
+    return image_grid_png(items, path, cols, title, cell=4.0)
 
 
 def curves_png(history: list[dict], path: str | Path, title: str = "") -> Path:
     """Loss and IoU per epoch, training (augmented) vs validation."""
-    from ..reporting.plots import _plt
+    from ..reporting.plots import training_curves_png
 
-    plt = _plt()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    x = list(range(1, len(history) + 1))
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6), dpi=110)
-    for ax, key in ((axes[0], "loss"), (axes[1], "iou")):
-        ax.plot(x, [h.get(f"train_{key}", float("nan")) for h in history], "o-", ms=3, label="train (augmented)")
-        if any(f"val_{key}" in h for h in history):
-            ax.plot(x, [h.get(f"val_{key}", float("nan")) for h in history], "o-", ms=3, label="validation")
-        ax.set_xlabel("epoch")
-        ax.set_ylabel(key)
-        ax.grid(alpha=0.3)
-        ax.legend()
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, format="png")
-    plt.close(fig)
-    return path
+    return training_curves_png(history, path, title, panels=(("loss", "loss"), ("iou", "iou")))
