@@ -24,6 +24,22 @@ def _setup_line(res: dict) -> str:
             + (f"  ensemble of {res['ensemble']}" if res.get("ensemble") else ""))
 
 
+def score_lines(res: dict, where: str = "") -> list[str]:
+    """Accuracy, balanced accuracy, the majority baseline, the per-split accuracies and the per-class table of an
+    evaluation's results (``where``: said after the accuracy, e.g. which test parts)."""
+    lines = [
+        f"accuracy           {res['accuracy_mean']:.4f} +- {res['accuracy_std']:.4f}{where}",
+        f"balanced accuracy  {res['balanced_accuracy_mean']:.4f} +- {res['balanced_accuracy_std']:.4f}",
+        f"majority baseline  {res['majority_baseline']:.4f} (always answering the largest class)",
+        "per split: " + " ".join(f"{a:.4f}" for a in res["per_split"]),
+        "",
+        f"{'class':<20}{'precision':>10}{'recall':>10}{'f1':>10}{'support':>10}",
+    ]
+    for c, m in res["per_class"].items():
+        lines.append(f"{c:<20}{m['precision']:>10.4f}{m['recall']:>10.4f}{m['f1']:>10.4f}{m['support']:>10d}")
+    return lines
+
+
 def results_text(res: dict) -> str:
     lines = [
         f"vinspect evaluate: {res['data']}",
@@ -33,15 +49,8 @@ def results_text(res: dict) -> str:
                                            f"stratified {round((1 - res['test_size']) * 100)}/"
                                            f"{round(res['test_size'] * 100)} split") + f", seed {res['seed']}",
         "",
-        f"accuracy           {res['accuracy_mean']:.4f} +- {res['accuracy_std']:.4f}",
-        f"balanced accuracy  {res['balanced_accuracy_mean']:.4f} +- {res['balanced_accuracy_std']:.4f}",
-        f"majority baseline  {res['majority_baseline']:.4f} (always answering the largest class)",
-        "per split: " + " ".join(f"{a:.4f}" for a in res["per_split"]),
-        "",
-        f"{'class':<20}{'precision':>10}{'recall':>10}{'f1':>10}{'support':>10}",
+        *score_lines(res),
     ]
-    for c, m in res["per_class"].items():
-        lines.append(f"{c:<20}{m['precision']:>10.4f}{m['recall']:>10.4f}{m['f1']:>10.4f}{m['support']:>10d}")
     lines += ["", "confusion matrix (rows: true, columns: predicted; summed over splits)"]
     w = max(8, max(len(c) for c in res["classes"]) + 1)
     lines.append(" " * w + "".join(f"{c[:w - 1]:>{w}}" for c in res["classes"]))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from ..reporting.results import score_lines
+
 TOP_LINES = 12  # candidates listed per split in results.txt (every one is in results.json)
 
 
@@ -15,19 +17,13 @@ def auto_text(res: dict) -> str:
         f"protocol: {res['splits']} outer " + (f"{res['kfold']}-fold" if res.get("kfold") else
                                               f"stratified {round((1 - res['test_size']) * 100)}/"
                                               f"{round(res['test_size'] * 100)} splits")
-        + f", seed {res['seed']}; inner: stratified folds of each outer training part only",
+        + f", seed {res['seed']}; inner: stratified 5-fold of each outer training part only (repeated on "
+        f"small parts)",
         f"budget {res['budget_seconds']:.0f} s ({res['budget_per_split_seconds']:.0f} s per outer split); "
         f"reached in splits: {res['budget_reached_splits'] or 'none'}",
         "",
-        f"accuracy           {res['accuracy_mean']:.4f} +- {res['accuracy_std']:.4f} (outer test parts)",
-        f"balanced accuracy  {res['balanced_accuracy_mean']:.4f} +- {res['balanced_accuracy_std']:.4f}",
-        f"majority baseline  {res['majority_baseline']:.4f}",
-        "per split: " + " ".join(f"{a:.4f}" for a in res["per_split"]),
-        "",
-        f"{'class':<20}{'precision':>10}{'recall':>10}{'f1':>10}{'support':>10}",
+        *score_lines(res, " (outer test parts)"),
     ]
-    for c, m in res["per_class"].items():
-        lines.append(f"{c:<20}{m['precision']:>10.4f}{m['recall']:>10.4f}{m['f1']:>10.4f}{m['support']:>10d}")
     lines += ["", "chosen configurations (outer splits):"]
     for label, n in res["chosen_counts"].items():
         lines.append(f"  {n:>3} x  {label}")
