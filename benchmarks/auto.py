@@ -144,7 +144,7 @@ def markdown(report: dict) -> str:
     for t in report["tasks"].values():
         s = t["seconds"]
         chosen = "; ".join(f"{k} ({v})" for k, v in t["chosen_counts"].items())
-        run = f"{t.get('date', report['date'])[:16]}, {t.get('commit', 'before 1ffc42e')}"
+        run = f"{t['date'][:16]}, {t['commit']}" if "date" in t else "an earlier run (not recorded)"
         lines.append(f"| {t['task']} | {run} | {t['budget']} | {s['extract']:.0f} | {s['search']:.0f} | {s['default_fits']:.1f} | "
                      f"{s['fixed_candidates']:.0f} | "
                      f"{t['budget_reached_splits'] or 'none'} | {t['load_before']} / {t['load_after']} | {chosen} |")
