@@ -155,7 +155,7 @@ def write_report(res: dict, args) -> None:
     if rows:
         lines.append(f"| **mean** | | **{res['map50_mean']:.3f}** | **{res['map50_95_mean']:.3f}** | "
                      + " | ".join(_f(res['ap50_per_class'].get(c)) for c in classes)
-                     + f" | | {res['train_seconds_mean'] / 60:.1f} min | | {res['images_per_second']:.1f} |")
+                     + f" | | {res['train_seconds_mean'] / 60:.1f} min | | {res['images_per_second']:.1f} (median) |")
     lines += ["", f"Goal (issue 16): mAP@0.5 >= 0.70 over 3 seeds.  {PUBLISHED}", ""]
     (ROOT / "benchmarks" / "results" / "detect.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
