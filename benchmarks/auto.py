@@ -120,7 +120,8 @@ def run_task(name: str, root: Path, classes, args) -> dict:
 
 def markdown(report: dict) -> str:
     lines = ["# Automatic model selection (--auto): default vs auto vs best fixed", "",
-             f"Last run {report['date']} (each task's run in the second table), {report['cpu']} ({report['cores']} cores), {report['splits']} outer stratified 70/30 "
+             f"Last run {report['date']} (each task's run in the second table), {report['cpu']} "
+             f"({report['cores']} cores), {report['splits']} outer stratified 70/30 "
              f"splits (seed {report['seed']}), search budget per task in the second table, selection on inner "
              f"balanced accuracy (the default). Best fixed: the best outer mean among the fixed candidates "
              f"(every feature variant with the default head, the default features with every head, every "
@@ -145,7 +146,8 @@ def markdown(report: dict) -> str:
         s = t["seconds"]
         chosen = "; ".join(f"{k} ({v})" for k, v in t["chosen_counts"].items())
         run = f"{t['date'][:16]}, {t['commit']}" if "date" in t else "an earlier run (not recorded)"
-        lines.append(f"| {t['task']} | {run} | {t['budget']} | {s['extract']:.0f} | {s['search']:.0f} | {s['default_fits']:.1f} | "
+        lines.append(f"| {t['task']} | {run} | {t['budget']} | {s['extract']:.0f} | {s['search']:.0f} | "
+                     f"{s['default_fits']:.1f} | "
                      f"{s['fixed_candidates']:.0f} | "
                      f"{t['budget_reached_splits'] or 'none'} | {t['load_before']} / {t['load_after']} | {chosen} |")
     n_better = sum(t["acceptance"]["accuracy"]["auto_gt_default"] for t in report["tasks"].values())

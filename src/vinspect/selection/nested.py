@@ -114,7 +114,8 @@ def nested_evaluate(features: dict[FeatureVariant, np.ndarray], y: np.ndarray, c
 
 
 def outer_scores(features: dict[FeatureVariant, np.ndarray], y: np.ndarray, classes: list[str],
-                 candidates: list[Candidate], folds, seed: int = 0, n_jobs: int = 2, progress: bool = True) -> list[dict]:
+                 candidates: list[Candidate], folds, seed: int = 0, n_jobs: int = 2,
+                 progress: bool = True) -> list[dict]:
     """Each fixed candidate fitted on every outer training part and scored on its test part (for comparison
     with the nested selection: the best of these is an optimistic oracle, chosen on the test parts)."""
     from joblib import Parallel, delayed
