@@ -4,6 +4,7 @@ bundle through predict / explain / serve / export (ONNX boxes = torch boxes), an
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import sys
@@ -43,18 +44,26 @@ def tiny_model(neu_det, tmp_path_factory) -> Path:
     from vinspect.detect.train import DetectConfig
     from vinspect.pipeline.detect import train_bundle
 
-    import torch
-
     out = tmp_path_factory.mktemp("det_model") / "model"
     data = load_annotations(neu_det / "images", neu_det / "voc")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # the same model every run: multi-threaded kernels sum in a varying order, and a
-    try:  # half-trained detector has near-tied overlapping boxes that the ONNX comparison below must not meet
+    # one thread: the same model every run (multi-threaded kernels sum in a varying order, and a half-trained
+    # detector has near-tied overlapping boxes that the ONNX comparison below must not meet)
+    with _one_thread():
         train_bundle(data, DetectConfig(input_size=96, epochs=2, val_fraction=0.2, batch_size=8, seed=0), out,
                      progress=False)
+    return out
+
+
+@contextlib.contextmanager
+def _one_thread():
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
     finally:
         torch.set_num_threads(threads)
-    return out
 
 
 # ------------------------------------------------------------------------------------------------ NMS kernel
@@ -231,14 +240,10 @@ def test_training_is_reproducible_from_the_seed(neu_det):
     data = load_annotations(neu_det / "images", neu_det / "voc")
     cfg = DetectConfig(input_size=64, epochs=1, val_fraction=0.0, batch_size=8)
     images, targets = load_grid(data, preprocessing_for(cfg, (64, 64)), progress=False)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with _one_thread():
         nets = [train_detector(images, targets, len(data.classes),
                                dataclasses.replace(cfg, seed=s), progress=False)[0].state_dict()
                 for s in (3, 3, 4)]
-    finally:
-        torch.set_num_threads(threads)
     assert all(torch.equal(nets[0][k], nets[1][k]) for k in nets[0])
     assert not all(torch.equal(nets[0][k], nets[2][k]) for k in nets[0])
 

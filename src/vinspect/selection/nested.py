@@ -78,8 +78,6 @@ def nested_evaluate(features: dict[FeatureVariant, np.ndarray], y: np.ndarray, c
             clock = Clock(per_split_budget)
             res = search(Xtr, y[tr], variants, heads, select, seed + 1000 * (i + 1), clock, n_jobs,
                          on_fit=bar.update)
-            if res.fits == 0:
-                raise BadInputError("--budget: too small to score a single candidate")
             t = time.perf_counter()
             model = fit_candidate(res.best, features[res.best.variant][tr], y[tr], seed)
             fit_s = time.perf_counter() - t

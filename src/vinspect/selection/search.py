@@ -154,21 +154,16 @@ def search(X: dict[FeatureVariant, np.ndarray], y: np.ndarray, variants: list[Fe
     def mean(c: Candidate) -> float:
         return float(np.mean([s[select] for s in scores[c].values()]))
 
-    def halving(cands: list[Candidate], stage: int) -> list[Candidate]:
-        if not cands:
-            return []
+    def halving(cands: list[Candidate], stage: int) -> None:
         for c in cands:
             stage_of.setdefault(c, stage)
         alive = list(cands)
         for n_folds in rungs(k):
-            if not run([(c, f) for c in alive for f in range(n_folds)]):
-                break
+            if not alive or not run([(c, f) for c in alive for f in range(n_folds)]):
+                return
             done = [c for c in alive if len(scores.get(c, {})) >= n_folds]
-            if n_folds == k:
-                return done
             keep = max(1, math.ceil(len(done) / ETA))
             alive = sorted(done, key=lambda c: (-mean(c), cands.index(c)))[:keep]
-        return alive
 
     reference = Candidate(variants[0], REFERENCE_HEAD)
     stage_of[reference] = 0
@@ -177,8 +172,7 @@ def search(X: dict[FeatureVariant, np.ndarray], y: np.ndarray, variants: list[Fe
         raise BadInputError(f"--budget: {clock.seconds:.3g} s per search is too small to score one candidate "
                             f"(the default configuration on the {k} inner folds took "
                             f"{time.perf_counter() - clock.start:.2f} s here)")
-    if not clock.reached:
-        halving([Candidate(variants[0], h) for h in heads], 1)
+    halving([Candidate(variants[0], h) for h in heads], 1)
     if not clock.reached:
         ranked_heads = [c.head for c in sorted((c for c in scores if c.variant == variants[0]),
                                                 key=lambda c: (-len(scores[c]), -mean(c)))]
