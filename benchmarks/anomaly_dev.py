@@ -56,6 +56,9 @@ def main() -> int:
     ap.add_argument("--threshold", default="all", help="all (fit on every training normal), holdout, crossfit")
     ap.add_argument("--layers", default=None)
     ap.add_argument("--sigma", type=float, default=None)
+    ap.add_argument("--backbone", default=None)
+    ap.add_argument("--params", default="", help="method parameters, e.g. coreset_ratio=0.1,max_bank=100000")
+    ap.add_argument("--sigmas", default=None, help="several map blurs scored on one fit (tags TAG-sigmaS)")
     ap.add_argument("--tag", default="")
     args = ap.parse_args()
     os.environ.setdefault("TQDM_DISABLE", "1")
@@ -64,7 +67,6 @@ def main() -> int:
 
     from vinspect.anomaly.data import find_masks, load_anomaly_data
     from vinspect.anomaly.features import InputSpec, decode_all
-    from vinspect.anomaly.metrics import image_metrics
     from vinspect.anomaly.model import AnomalyModel, quantile_threshold
     from vinspect.anomaly.protocol import _pixel_metrics, _split_normal, crossfit_threshold, fit_with_threshold
 
@@ -84,9 +86,18 @@ def main() -> int:
             kw["layers"] = args.layers.split(",")
         if args.sigma is not None:
             kw["sigma"] = args.sigma
-        model = AnomalyModel("patchcore", spec=spec, **kw)
+        if args.backbone:
+            kw["backbone"] = args.backbone
+        params = {k: float(v) if "." in v else int(v) for k, v in
+                  (kv.split("=") for kv in args.params.split(",") if kv)}
+        model = AnomalyModel("patchcore", spec=spec, params=params, **kw)
+        sigmas = [float(v) for v in args.sigmas.split(",")] if args.sigmas else [model.sigma]
+
+        def tag_of(sigma):
+            return f"{args.tag}-sigma{sigma:g}" if args.sigmas else args.tag
+
         todo = [(rule, int(s)) for rule in args.threshold.split(",") for s in args.seeds.split(",")
-                if (args.dataset, inp, rule, int(s), args.tag) not in done]
+                if any((args.dataset, inp, rule, int(s), tag_of(sg)) not in done for sg in sigmas)]
         if not todo:
             continue
         t0 = time.perf_counter()
@@ -117,32 +128,53 @@ def main() -> int:
                 thr = crossfit_threshold(model, ft, 0.99, seed)
                 model.fit_features(ft)
             t4 = time.perf_counter()
-            model.image_score = "method"
-            maps, s_rw = model.score_features(feats[torch.from_numpy(test)])
-            t5 = time.perf_counter()
-            s_max = maps.reshape(len(maps), -1).max(1).astype(np.float64)
-            row = {"dataset": args.dataset, "input": inp, "rule": rule, "seed": seed, "tag": args.tag,
-                   "layers": model.layers, "sigma": model.sigma,
-                   "n_train": int(len(tr)), "n_test": int(len(test)), "bank": int(len(model.core.bank)),
-                   "fit_seconds": t4 - t3, "score_seconds_per_image": (t5 - t4) / len(test),
-                   "extract_seconds_per_image": (t2 - t1) / len(dec.paths),
-                   "auroc_reweighted": image_metrics(y, s_rw, None)["image_auroc"],
-                   "auroc_map_max": image_metrics(y, s_max, None)["image_auroc"]}
-            if thr is not None:
-                # the rate of false alarms on the held-out normal test images at the label-free threshold
-                row["threshold"] = thr
-                row["fpr_reweighted_at_threshold"] = float((s_rw[y == 0] > thr).mean())
-                row["recall_reweighted_at_threshold"] = float((s_rw[y == 1] > thr).mean())
-            if mask_files is not None:
-                row.update(_pixel_metrics(maps, test, dec, mask_files, idx_ok, spec.resize))
-            rows = json.loads(OUT.read_text()) if OUT.exists() else []  # re-read: another run may have added rows
-            rows.append(row)
-            OUT.write_text(json.dumps(rows, indent=1) + "\n")
-            print(json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()}), flush=True)
+            for sigma in sigmas:
+                model.sigma = sigma
+                row = score_row(model, feats, test, y, thr, tag_of(sigma))
+                row.update({"dataset": args.dataset, "input": inp, "rule": rule, "seed": seed,
+                            "params": params, "n_train": int(len(tr)), "fit_seconds": t4 - t3,
+                            "extract_seconds_per_image": (t2 - t1) / len(dec.paths)})
+                if mask_files is not None:
+                    row.update(_pixel_metrics(row.pop("_maps"), test, dec, mask_files, idx_ok, spec.resize))
+                row.pop("_maps", None)
+                rows = json.loads(OUT.read_text()) if OUT.exists() else []  # re-read: another run may have added rows
+                rows.append(row)
+                OUT.write_text(json.dumps(rows, indent=1) + "\n")
+                print(json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()}), flush=True)
         del feats
     rows = json.loads(OUT.read_text()) if OUT.exists() else []
     (OUT.with_suffix(".md")).write_text(table(rows))
     return 0
+
+
+def score_row(model, feats, test, y, thr, tag: str) -> dict:
+    """Score the test images with a fitted model: both image scores, the maps (key ``_maps``)."""
+    import numpy as np
+    import torch
+
+    from vinspect.anomaly.metrics import image_metrics
+
+    from vinspect.anomaly.maps import top_mean
+
+    t0 = time.perf_counter()
+    model.image_score = "method"
+    maps, s_rw = model.score_features(feats[torch.from_numpy(test)])
+    t1 = time.perf_counter()
+    s_max = maps.reshape(len(maps), -1).max(1).astype(np.float64)
+    patch = torch.cat([model.core.score(feats[torch.from_numpy(test[i:i + 64])])[0] for i in range(0, len(test), 64)])
+    s_top = {f: top_mean(patch, f).numpy() for f in (0.01, 0.02, 0.05)}
+    row = {"tag": tag, "layers": model.layers, "sigma": model.sigma, "backbone": model.backbone,
+           "n_test": int(len(test)), "bank": int(len(model.core.bank)),
+           "score_seconds_per_image": (t1 - t0) / len(test),
+           "auroc_reweighted": image_metrics(y, s_rw, None)["image_auroc"],
+           "auroc_map_max": image_metrics(y, s_max, None)["image_auroc"], "_maps": maps,
+           **{f"auroc_top{f:g}": image_metrics(y, v, None)["image_auroc"] for f, v in s_top.items()}}
+    if thr is not None:
+        # the rate of false alarms on the held-out normal test images at the label-free threshold
+        row["threshold"] = thr
+        row["fpr_reweighted_at_threshold"] = float((s_rw[y == 0] > thr).mean())
+        row["recall_reweighted_at_threshold"] = float((s_rw[y == 1] > thr).mean())
+    return row
 
 
 def table(rows) -> str:
@@ -150,13 +182,13 @@ def table(rows) -> str:
 
     lines = ["# Anomaly defaults: development measurements (never the benchmark splits, seeds 0-4)", "",
              "Written by `benchmarks/anomaly_dev.py`; 70/30 splits of the normal images with the seeds shown; "
-             "PatchCore, EfficientNet-Lite0 blocks.2 + blocks.4 (unless noted), 3x3 local average, 1 % greedy "
-             "coreset. Each row: mean over the seeds (per-seed values in anomaly-dev.json). rule: all = fit on "
+             "PatchCore, EfficientNet-Lite0 blocks.2 + blocks.4 (unless noted), 3x3 local average, greedy coreset "
+             "(ratio and the mean bank size in the row; rows from before the 10 % default have 1 %). Each row: mean over the seeds (per-seed values in anomaly-dev.json). rule: all = fit on "
              "every training normal; holdout = 15 % held out for the threshold, then added; crossfit = 5-fold "
              "out-of-fold threshold, final fit on all.", "",
-             "| data | input (resize:HxW) | rule | tag | seeds | image AUROC re-weighted | image AUROC map max | "
-             "pixel AUROC | PRO | false alarms at threshold (test normals) | fit s | ms/image extract + score |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| data | input (resize:HxW) | rule | tag | seeds | backbone, coreset, bank, sigma | image AUROC re-weighted | image AUROC map max | "
+             "image AUROC top 1 / 2 / 5 % mean | pixel AUROC | PRO | false alarms at threshold (test normals) | fit s | ms/image extract + score |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     groups: dict = {}
     for r in rows:
         groups.setdefault((r["dataset"], r["input"], r["rule"], r.get("tag", "")), []).append(r)
@@ -165,8 +197,13 @@ def table(rows) -> str:
             v = [r[k] for r in rs if r.get(k) is not None]
             return f"{np.mean(v):.4f}" if v else "-"
 
-        lines.append(f"| {d} | {inp} | {rule} | {tag} | {','.join(str(r['seed']) for r in rs)} | {m('auroc_reweighted')} "
-                     f"| {m('auroc_map_max')} | {m('pixel_auroc')} | {m('pro')} | {m('fpr_reweighted_at_threshold')} | "
+        r0 = rs[0]
+        setting = (f"{r0.get('backbone', 'efficientnet_lite0').replace('efficientnet_', '')}, "
+                   f"{r0.get('params', {}).get('coreset_ratio', 0.01):g}, {np.mean([r['bank'] for r in rs]):.0f}, "
+                   f"{r0['sigma']:g}")
+        lines.append(f"| {d} | {inp} | {rule} | {tag} | {','.join(str(r['seed']) for r in rs)} | {setting} "
+                     f"| {m('auroc_reweighted')} "
+                     f"| {m('auroc_map_max')} | {m('auroc_top0.01')} / {m('auroc_top0.02')} / {m('auroc_top0.05')} | {m('pixel_auroc')} | {m('pro')} | {m('fpr_reweighted_at_threshold')} | "
                      f"{m('fit_seconds')} | "
                      f"{1000 * np.mean([r['extract_seconds_per_image'] + r['score_seconds_per_image'] for r in rs]):.0f} |")
     return "\n".join(lines) + "\n"

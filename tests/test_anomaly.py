@@ -102,6 +102,35 @@ def test_each_method_separates_real_defects(tiles, method):
         assert m.core.bank.dtype == torch.float16 and len(m.core.bank) == round(0.1 * 30 * feats.shape[2] * feats.shape[3])
 
 
+def test_image_scores_come_from_the_same_patch_scores(tiles):
+    """topk = the mean of the highest patch scores; method = PatchCore's re-weighted worst patch (at most the
+    worst patch's distance); map_max = the blurred map's maximum: three readings of one fit, on real tiles."""
+    from vinspect.anomaly.features import decode_all
+    from vinspect.anomaly.maps import top_mean
+    from vinspect.anomaly.model import AnomalyModel
+
+    free = sorted((tiles / "images" / "free").glob("*.jpg"))
+    bad = sorted((tiles / "images" / "break").glob("*.jpg"))
+    m = AnomalyModel("patchcore", spec=_spec(96, 96), params={"coreset_ratio": 0.1})
+    assert m.image_score == "topk" and AnomalyModel("padim").image_score == "method"
+    feats = m.features(decode_all(free[:20] + bad, m.spec, progress=False).pixels)
+    m.fit_features(feats[:16])
+    patch, _ = m.core.score(feats[16:])
+    worst = patch.flatten(1).max(1).values.numpy()
+    scores = {}
+    for kind in ("topk", "method", "map_max"):
+        m.image_score = kind
+        maps, scores[kind] = m.score_features(feats[16:])
+    k = round(0.02 * patch[0].numel())
+    expect = np.sort(patch.flatten(1).numpy(), axis=1)[:, -k:].mean(1)
+    np.testing.assert_allclose(scores["topk"], expect, rtol=1e-5)
+    np.testing.assert_allclose(top_mean(patch, 1.0).numpy(), patch.flatten(1).mean(1).numpy(), rtol=1e-5)
+    assert np.all(scores["topk"] <= worst + 1e-6) and np.all(scores["method"] <= worst + 1e-6)
+    np.testing.assert_allclose(scores["map_max"], maps.reshape(len(maps), -1).max(1), rtol=1e-6)
+    # the breaks score above the held-out free tiles with the default score
+    assert scores["topk"][4:].mean() > scores["topk"][:4].mean()
+
+
 def test_crossfit_scores_come_from_models_fitted_without_the_image(tiles):
     """Each training normal's threshold score comes from a model fitted on the other folds only; in-sample
     scores (the image's own patches in the bank) would be optimistic."""

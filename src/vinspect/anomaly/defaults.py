@@ -6,6 +6,7 @@ from __future__ import annotations
 from ..backbones.registry import DEFAULT_BACKBONE
 
 METHODS = ("patchcore", "padim")
+IMAGE_SCORES = ("topk", "method", "map_max")
 
 # Defaults chosen on development data (ELPV, insert-wear, and magnetic-tile splits with seeds 100-102, never the
 # benchmark's seeds 0-4): see benchmarks/results/anomaly-dev.md.
@@ -15,9 +16,13 @@ DEFAULTS = {
     "local": 3,  # PatchCore's 3x3 neighbourhood aggregation
     "long_side": 224,  # input: squash to long_side x long_side (letterbox: the short side from the median aspect)
     "resize": "squash",  # the whole image stretched to the square input (PatchCore's and anomalib's practice)
-    "sigma": 4.0,  # Gaussian blur of the map, input pixels (PatchCore's)
-    "image_score": "method",  # PatchCore: re-weighted nearest-neighbour distance; PaDiM: the largest patch
-    "coreset_ratio": 0.01,
+    "sigma": 8.0,  # Gaussian blur of the map, input pixels: the stride of the finest feature layer (PatchCore: 4)
+    # the image score: "topk" = the mean of the top_fraction highest patch scores (a few neighbouring patches,
+    # robust to one noisy patch); "method" = PatchCore's re-weighted worst patch / PaDiM's largest patch;
+    # "map_max" = the maximum of the blurred map
+    "image_score": {"patchcore": "topk", "padim": "method"},
+    "top_fraction": 0.02,  # 16 of the 28 x 28 patches of the default input
+    "coreset_ratio": 0.1,  # PatchCore's and anomalib's default (at most max_bank)
     "max_bank": 20000,
     "threshold_quantile": 0.99,
     "threshold_folds": 5,  # threshold from 5-fold out-of-fold scores of the normal images; the model uses them all

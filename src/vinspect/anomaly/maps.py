@@ -36,3 +36,10 @@ def to_input_maps(patch_maps: torch.Tensor, height: int, width: int, sigma: floa
     m = F.interpolate(patch_maps.float().unsqueeze(1), size=(height, width), mode="bilinear",
                       align_corners=False).squeeze(1)
     return gaussian_blur(m, sigma)
+
+
+def top_mean(patch_maps: torch.Tensor, fraction: float) -> torch.Tensor:
+    """(N, h, w) patch scores -> (N,): the mean of each map's ``fraction`` highest scores (at least one)."""
+    flat = patch_maps.float().flatten(1)
+    k = max(1, min(flat.shape[1], int(round(fraction * flat.shape[1]))))
+    return flat.topk(k, dim=1).values.mean(1)

@@ -7,9 +7,9 @@ import numpy as np
 import torch
 
 from ..errors import BadInputError
-from .defaults import DEFAULTS, METHODS  # noqa: F401 - the defaults live in a module without torch
+from .defaults import DEFAULTS, IMAGE_SCORES, METHODS  # noqa: F401 - the defaults live in a module without torch
 from .features import InputSpec, build_feature_net, extract
-from .maps import to_input_maps
+from .maps import to_input_maps, top_mean
 from .padim import Padim
 from .patchcore import PatchCore
 
@@ -17,7 +17,7 @@ class AnomalyModel:
     def __init__(self, method: str = "patchcore", spec: InputSpec | None = None, backbone: str | None = None,
                  layers: list[str] | None = None, local: int | None = None, sigma: float | None = None,
                  image_score: str | None = None, params: dict | None = None, weights=None,
-                 random_init: bool = False, seed: int = 0):
+                 random_init: bool = False, seed: int = 0, top_fraction: float | None = None):
         if method not in METHODS:
             raise BadInputError(f"--method {method!r}: use one of {', '.join(METHODS)}")
         self.method = method
@@ -25,9 +25,12 @@ class AnomalyModel:
         self.layers = list(layers or DEFAULTS["layers"][method])
         self.local = int(DEFAULTS["local"] if local is None else local)
         self.sigma = float(DEFAULTS["sigma"] if sigma is None else sigma)
-        self.image_score = image_score or DEFAULTS["image_score"]
-        if self.image_score not in ("method", "map_max"):
-            raise BadInputError(f"image score {self.image_score!r}: use method or map_max")
+        self.image_score = image_score or DEFAULTS["image_score"][method]
+        if self.image_score not in IMAGE_SCORES:
+            raise BadInputError(f"image score {self.image_score!r}: use one of {', '.join(IMAGE_SCORES)}")
+        self.top_fraction = float(DEFAULTS["top_fraction"] if top_fraction is None else top_fraction)
+        if not 0 < self.top_fraction <= 1:
+            raise BadInputError(f"top fraction {self.top_fraction}: must be in (0, 1]")
         self.params = dict(params or {})
         self.seed = seed
         self.weights = weights
@@ -80,6 +83,8 @@ class AnomalyModel:
             m = to_input_maps(patch, self.spec.height, self.spec.width, self.sigma)
             if self.image_score == "map_max":
                 s = m.flatten(1).max(1).values
+            elif self.image_score == "topk":
+                s = top_mean(patch, self.top_fraction)
             maps.append(m.numpy().astype(np.float32))
             scores.append(s.float().numpy())
         return np.concatenate(maps), np.concatenate(scores).astype(np.float64)
@@ -94,7 +99,8 @@ class AnomalyModel:
 
     def config(self) -> dict:
         return {"method": self.method, "layers": self.layers, "local": self.local, "sigma": self.sigma,
-                "image_score": self.image_score, "threshold": self.threshold, "params": self.core.config(),
+                "image_score": self.image_score, "top_fraction": self.top_fraction, "threshold": self.threshold,
+                "params": self.core.config(),
                 "feature_grid": None}
 
     def state(self) -> dict[str, torch.Tensor]:
@@ -110,7 +116,8 @@ class AnomalyModel:
         seed = int(params.pop("seed", 0))
         params.pop("image_score", None)
         m = cls(config["method"], spec, backbone, config["layers"], config["local"], config["sigma"],
-                config.get("image_score"), params, weights=weights, seed=seed)
+                config.get("image_score"), params, weights=weights, seed=seed,
+                top_fraction=config.get("top_fraction"))
         if m.method == "patchcore":
             m.core.set_bank(tensors["memory_bank"])
         else:

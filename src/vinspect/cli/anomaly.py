@@ -39,7 +39,7 @@ def _fraction(text: str) -> float:
 
 
 def _common(p) -> None:
-    from ..anomaly.defaults import DEFAULTS
+    from ..anomaly.defaults import DEFAULTS, IMAGE_SCORES
 
     p.add_argument("data", metavar="DATA", help="folder with one sub-folder per class (the normal class and, for "
                                                 "evaluate, the defect classes)")
@@ -60,6 +60,12 @@ def _common(p) -> None:
     g.add_argument("--resize", choices=["letterbox", "squash"], help=f"squash stretches the whole image to the input; "
                    f"letterbox keeps the aspect ratio and pads (default: {DEFAULTS['resize']})")
     g.add_argument("--sigma", type=float, help=f"Gaussian blur of the maps, input pixels (default: {DEFAULTS['sigma']})")
+    g.add_argument("--image-score", choices=list(IMAGE_SCORES), help="topk: the mean of the highest patch scores "
+                   "(--top-fraction of them); method: PatchCore's re-weighted worst patch, PaDiM's largest patch; "
+                   f"map_max: the maximum of the blurred map (default: patchcore {DEFAULTS['image_score']['patchcore']}"
+                   f", padim {DEFAULTS['image_score']['padim']})")
+    g.add_argument("--top-fraction", type=_fraction, metavar="F", help="topk: the fraction of the patches averaged "
+                   f"(default: {DEFAULTS['top_fraction']})")
     g.add_argument("--coreset", type=_fraction, metavar="RATIO", help="patchcore: fraction of patches kept in the "
                    f"memory bank (default: {DEFAULTS['coreset_ratio']}; at most --max-bank)")
     g.add_argument("--max-bank", type=int, metavar="N", help=f"patchcore: memory-bank size cap (default: "
@@ -95,6 +101,10 @@ def _model_kwargs(args) -> dict:
         kw["resize"] = args.resize  # letterbox: the default long side with the normal images' median aspect
     if args.sigma is not None:
         kw["sigma"] = args.sigma
+    if args.image_score:
+        kw["image_score"] = args.image_score
+    if args.top_fraction is not None:
+        kw["top_fraction"] = args.top_fraction
     params = {}
     if args.coreset is not None:
         params["coreset_ratio"] = args.coreset
