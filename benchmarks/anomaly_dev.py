@@ -164,6 +164,7 @@ def score_row(model, feats, test, y, thr, tag: str) -> dict:
     patch = torch.cat([model.core.score(feats[torch.from_numpy(test[i:i + 64])])[0] for i in range(0, len(test), 64)])
     s_top = {f: top_mean(patch, f).numpy() for f in (0.01, 0.02, 0.05)}
     row = {"tag": tag, "layers": model.layers, "sigma": model.sigma, "backbone": model.backbone,
+           "coreset_ratio": model.core.coreset_ratio, "border": model.border,
            "n_test": int(len(test)), "bank": int(len(model.core.bank)),
            "score_seconds_per_image": (t1 - t0) / len(test),
            "auroc_reweighted": image_metrics(y, s_rw, None)["image_auroc"],
@@ -183,10 +184,12 @@ def table(rows) -> str:
     lines = ["# Anomaly defaults: development measurements (never the benchmark splits, seeds 0-4)", "",
              "Written by `benchmarks/anomaly_dev.py`; 70/30 splits of the normal images with the seeds shown; "
              "PatchCore, EfficientNet-Lite0 blocks.2 + blocks.4 (unless noted), 3x3 local average, greedy coreset "
-             "(ratio and the mean bank size in the row; rows from before the 10 % default have 1 %). Each row: mean over the seeds (per-seed values in anomaly-dev.json). rule: all = fit on "
+             "(ratio and the mean bank size in the row; rows from before the 10 % default have 1 %); border: the 3x3 "
+             "average at the map border counts the zero padding (zeros, PatchCore's and anomalib's way, the default "
+             "from the zeropad rows on) or not (valid, the earlier rows). Each row: mean over the seeds (per-seed values in anomaly-dev.json). rule: all = fit on "
              "every training normal; holdout = 15 % held out for the threshold, then added; crossfit = 5-fold "
              "out-of-fold threshold, final fit on all.", "",
-             "| data | input (resize:HxW) | rule | tag | seeds | backbone, coreset, bank, sigma | image AUROC re-weighted | image AUROC map max | "
+             "| data | input (resize:HxW) | rule | tag | seeds | backbone, coreset, bank, sigma, border | image AUROC re-weighted | image AUROC map max | "
              "image AUROC top 1 / 2 / 5 % mean | pixel AUROC | PRO | false alarms at threshold (test normals) | fit s | ms/image extract + score |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     groups: dict = {}
@@ -199,8 +202,9 @@ def table(rows) -> str:
 
         r0 = rs[0]
         setting = (f"{r0.get('backbone', 'efficientnet_lite0').replace('efficientnet_', '')}, "
-                   f"{r0.get('params', {}).get('coreset_ratio', 0.01):g}, {np.mean([r['bank'] for r in rs]):.0f}, "
-                   f"{r0['sigma']:g}")
+                   f"{r0.get('coreset_ratio', r0.get('params', {}).get('coreset_ratio', 0.01)):g}, "
+                   f"{np.mean([r['bank'] for r in rs]):.0f}, "
+                   f"{r0['sigma']:g}, {r0.get('border', 'valid')}")
         lines.append(f"| {d} | {inp} | {rule} | {tag} | {','.join(str(r['seed']) for r in rs)} | {setting} "
                      f"| {m('auroc_reweighted')} "
                      f"| {m('auroc_map_max')} | {m('auroc_top0.01')} / {m('auroc_top0.02')} / {m('auroc_top0.05')} | {m('pixel_auroc')} | {m('pro')} | {m('fpr_reweighted_at_threshold')} | "

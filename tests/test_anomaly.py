@@ -103,8 +103,9 @@ def test_each_method_separates_real_defects(tiles, method):
 
 
 def test_image_scores_come_from_the_same_patch_scores(tiles):
-    """topk = the mean of the highest patch scores; method = PatchCore's re-weighted worst patch (at most the
-    worst patch's distance); map_max = the blurred map's maximum: three readings of one fit, on real tiles."""
+    """method (the default) = PatchCore's re-weighted worst patch (at most the worst patch's distance); topk = the
+    mean of the highest patch scores; map_max = the blurred map's maximum: three readings of one fit, on real
+    tiles."""
     from vinspect.anomaly.features import decode_all
     from vinspect.anomaly.maps import top_mean
     from vinspect.anomaly.model import AnomalyModel
@@ -112,7 +113,7 @@ def test_image_scores_come_from_the_same_patch_scores(tiles):
     free = sorted((tiles / "images" / "free").glob("*.jpg"))
     bad = sorted((tiles / "images" / "break").glob("*.jpg"))
     m = AnomalyModel("patchcore", spec=_spec(96, 96), params={"coreset_ratio": 0.1})
-    assert m.image_score == "topk" and AnomalyModel("padim").image_score == "method"
+    assert m.image_score == "method" and AnomalyModel("padim").image_score == "method"
     feats = m.features(decode_all(free[:20] + bad, m.spec, progress=False).pixels)
     m.fit_features(feats[:16])
     patch, _ = m.core.score(feats[16:])
@@ -127,8 +128,42 @@ def test_image_scores_come_from_the_same_patch_scores(tiles):
     np.testing.assert_allclose(top_mean(patch, 1.0).numpy(), patch.flatten(1).mean(1).numpy(), rtol=1e-5)
     assert np.all(scores["topk"] <= worst + 1e-6) and np.all(scores["method"] <= worst + 1e-6)
     np.testing.assert_allclose(scores["map_max"], maps.reshape(len(maps), -1).max(1), rtol=1e-6)
-    # the breaks score above the held-out free tiles with the default score
+    # the breaks score above the held-out free tiles with either score
+    assert scores["method"][4:].mean() > scores["method"][:4].mean()
     assert scores["topk"][4:].mean() > scores["topk"][:4].mean()
+
+
+def test_local_average_counts_the_zero_padding_like_patchcore(tiles):
+    """border "zeros" (the default) = torch's AvgPool2d(3, 1, 1) on the layer maps, as PatchCore's Unfold and
+    anomalib's pooler compute it; "valid" differs only on the border ring; a bundle config without the setting
+    (saved before it existed) loads as "valid", the way it was fitted."""
+    from torch import nn
+
+    from vinspect.anomaly.features import decode_all
+    from vinspect.anomaly.model import AnomalyModel
+
+    paths = sorted((tiles / "images" / "free").glob("*.jpg"))[:2]
+    m = AnomalyModel("patchcore", spec=_spec(96, 96))
+    assert m.border == "zeros" and m.config()["border"] == "zeros"
+    px = decode_all(paths, m.spec, progress=False).pixels
+    zeros = m.features(px)
+    valid = AnomalyModel("patchcore", spec=_spec(96, 96), border="valid").features(px)
+    net = AnomalyModel("patchcore", spec=_spec(96, 96), local=1).net
+    with torch.no_grad():
+        x = torch.from_numpy(px).permute(0, 3, 1, 2).float()
+        raw = net.body((x - net.mean) / net.std)
+    pool = nn.AvgPool2d(3, 1, 1)
+    a = pool(raw["f0"])
+    b = nn.functional.interpolate(pool(raw["f1"]), size=a.shape[-2:], mode="bilinear", align_corners=False)
+    zeros, valid = zeros.float(), valid.float()  # features are kept in float16
+    torch.testing.assert_close(zeros, torch.cat([a, b], 1), rtol=2e-3, atol=1e-3)
+    # the first layer's channels away from the border (the coarser layer's border spreads when upsampled)
+    inner = (slice(None), slice(0, a.shape[1]), slice(1, -1), slice(1, -1))
+    torch.testing.assert_close(zeros[inner], valid[inner], rtol=2e-3, atol=1e-3)
+    assert (zeros[..., 0, :] - valid[..., 0, :]).abs().max() > 0.1
+    cfg = {k: v for k, v in m.config().items() if k != "border"}
+    old = AnomalyModel.from_state(cfg, m.spec, m.backbone, {"memory_bank": zeros[0, :, 0, :2].T.contiguous()})
+    assert old.border == "valid"
 
 
 def test_crossfit_scores_come_from_models_fitted_without_the_image(tiles):

@@ -64,15 +64,25 @@ def map_to_original(amap: np.ndarray, orig_w: int, orig_h: int, resize: str) -> 
     return np.asarray(img.resize((orig_w, orig_h), Image.Resampling.BILINEAR), dtype=np.float32)
 
 
+# The k x k average at the map's border: "zeros" counts the zero padding (PatchCore's Unfold and anomalib's
+# AvgPool2d do), so border patches are damped alike in the bank and in test images; "valid" averages the
+# in-map neighbours only (vinspect's earlier default: border patches then scored high on normal images, e.g.
+# image AUROC 0.917 against 0.963 on magnetic-tile split 0).
+BORDERS = ("zeros", "valid")
+
+
 class PatchFeatureNet(nn.Module):
     """uint8 (N, H, W, 3) -> float (N, C, h, w) locally aware patch features (see the module docstring)."""
 
-    def __init__(self, model: nn.Module, layers: list[str], mean, std, local: int = 3):
+    def __init__(self, model: nn.Module, layers: list[str], mean, std, local: int = 3, border: str = "zeros"):
         super().__init__()
         from timm.models import create_feature_extractor
 
+        if border not in BORDERS:
+            raise BadInputError(f"border {border!r}: use one of {', '.join(BORDERS)}")
         self.layers = list(layers)
         self.local = int(local)
+        self.border = border
         self.body = create_feature_extractor(model, return_nodes={l: f"f{i}" for i, l in enumerate(self.layers)})
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1) * 255.0)
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1) * 255.0)
@@ -83,15 +93,16 @@ class PatchFeatureNet(nn.Module):
         feats = self.body(x)
         maps = [feats[f"f{i}"] for i in range(len(self.layers))]
         if self.local > 1:
-            maps = [F.avg_pool2d(m, self.local, stride=1, padding=self.local // 2, count_include_pad=False)
-                    for m in maps]
+            maps = [F.avg_pool2d(m, self.local, stride=1, padding=self.local // 2,
+                                 count_include_pad=self.border == "zeros") for m in maps]
         h, w = maps[0].shape[-2:]
         maps = [m if m.shape[-2:] == (h, w) else F.interpolate(m, size=(h, w), mode="bilinear", align_corners=False)
                 for m in maps]
         return torch.cat(maps, dim=1)
 
 
-def build_feature_net(backbone: str, layers: list[str], local: int, weights=None, random_init: bool = False):
+def build_feature_net(backbone: str, layers: list[str], local: int, weights=None, random_init: bool = False,
+                      border: str = "zeros"):
     """(PatchFeatureNet in eval mode, LoadedBackbone) for a registry backbone or timm architecture."""
     from ..backbones.build import check_layer, create_backbone
 
@@ -99,7 +110,7 @@ def build_feature_net(backbone: str, layers: list[str], local: int, weights=None
     for l in layers:
         check_layer(loaded.model, l, backbone)
     pre = loaded.spec.preprocessing
-    net = PatchFeatureNet(loaded.model, layers, pre.mean, pre.std, local).eval()
+    net = PatchFeatureNet(loaded.model, layers, pre.mean, pre.std, local, border).eval()
     return net, loaded
 
 

@@ -17,15 +17,17 @@ class AnomalyModel:
     def __init__(self, method: str = "patchcore", spec: InputSpec | None = None, backbone: str | None = None,
                  layers: list[str] | None = None, local: int | None = None, sigma: float | None = None,
                  image_score: str | None = None, params: dict | None = None, weights=None,
-                 random_init: bool = False, seed: int = 0, top_fraction: float | None = None):
+                 random_init: bool = False, seed: int = 0, top_fraction: float | None = None,
+                 border: str | None = None):
         if method not in METHODS:
             raise BadInputError(f"--method {method!r}: use one of {', '.join(METHODS)}")
         self.method = method
         self.backbone = backbone or DEFAULTS["backbone"]
         self.layers = list(layers or DEFAULTS["layers"][method])
         self.local = int(DEFAULTS["local"] if local is None else local)
+        self.border = border or DEFAULTS["border"]
         self.sigma = float(DEFAULTS["sigma"] if sigma is None else sigma)
-        self.image_score = image_score or DEFAULTS["image_score"][method]
+        self.image_score = image_score or DEFAULTS["image_score"]
         if self.image_score not in IMAGE_SCORES:
             raise BadInputError(f"image score {self.image_score!r}: use one of {', '.join(IMAGE_SCORES)}")
         self.top_fraction = float(DEFAULTS["top_fraction"] if top_fraction is None else top_fraction)
@@ -55,7 +57,7 @@ class AnomalyModel:
     def net(self):
         if self._net is None:
             self._net, self.loaded = build_feature_net(self.backbone, self.layers, self.local, self.weights,
-                                                       self.random_init)
+                                                       self.random_init, self.border)
         return self._net
 
     def features(self, pixels: np.ndarray, progress: bool = False) -> torch.Tensor:
@@ -98,7 +100,8 @@ class AnomalyModel:
     # -- persistence ----------------------------------------------------------------------------------
 
     def config(self) -> dict:
-        return {"method": self.method, "layers": self.layers, "local": self.local, "sigma": self.sigma,
+        return {"method": self.method, "layers": self.layers, "local": self.local, "border": self.border,
+                "sigma": self.sigma,
                 "image_score": self.image_score, "top_fraction": self.top_fraction, "threshold": self.threshold,
                 "params": self.core.config(),
                 "feature_grid": None}
@@ -117,7 +120,8 @@ class AnomalyModel:
         params.pop("image_score", None)
         m = cls(config["method"], spec, backbone, config["layers"], config["local"], config["sigma"],
                 config.get("image_score"), params, weights=weights, seed=seed,
-                top_fraction=config.get("top_fraction"))
+                top_fraction=config.get("top_fraction"),
+                border=config.get("border", "valid"))  # bundles from before the border setting: "valid"
         if m.method == "patchcore":
             m.core.set_bank(tensors["memory_bank"])
         else:

@@ -132,7 +132,7 @@ def evaluate(root, normal, splits: int = 5, train_fraction: float = 0.7, masks=N
         _check_masks(mask_files)
     model = AnomalyModel(method, seed=seed, **_with_spec(model_kwargs, data))
     # patch features of every image, once (optionally shared between calls with the same feature settings)
-    key = (str(data.root), len(data.paths), model.backbone, tuple(model.layers), model.local,
+    key = (str(data.root), len(data.paths), model.backbone, tuple(model.layers), model.local, model.border,
            tuple(sorted(model.spec.as_dict().items(), key=str)).__repr__())
     if feature_cache is not None and key in feature_cache:
         dec, feats, per_image_decode, per_image_extract = feature_cache[key]

@@ -60,10 +60,9 @@ def _common(p) -> None:
     g.add_argument("--resize", choices=["letterbox", "squash"], help=f"squash stretches the whole image to the input; "
                    f"letterbox keeps the aspect ratio and pads (default: {DEFAULTS['resize']})")
     g.add_argument("--sigma", type=float, help=f"Gaussian blur of the maps, input pixels (default: {DEFAULTS['sigma']})")
-    g.add_argument("--image-score", choices=list(IMAGE_SCORES), help="topk: the mean of the highest patch scores "
-                   "(--top-fraction of them); method: PatchCore's re-weighted worst patch, PaDiM's largest patch; "
-                   f"map_max: the maximum of the blurred map (default: patchcore {DEFAULTS['image_score']['patchcore']}"
-                   f", padim {DEFAULTS['image_score']['padim']})")
+    g.add_argument("--image-score", choices=list(IMAGE_SCORES), help="method: PatchCore's re-weighted worst patch, "
+                   "PaDiM's largest patch; topk: the mean of the highest patch scores (--top-fraction of them); "
+                   f"map_max: the maximum of the blurred map (default: {DEFAULTS['image_score']})")
     g.add_argument("--top-fraction", type=_fraction, metavar="F", help="topk: the fraction of the patches averaged "
                    f"(default: {DEFAULTS['top_fraction']})")
     g.add_argument("--coreset", type=_fraction, metavar="RATIO", help="patchcore: fraction of patches kept in the "
