@@ -57,6 +57,7 @@ def main() -> int:
     ap.add_argument("--layers", default=None)
     ap.add_argument("--sigma", type=float, default=None)
     ap.add_argument("--backbone", default=None)
+    ap.add_argument("--border", default=None, help="zeros (default) or valid: the 3x3 average at the border")
     ap.add_argument("--params", default="", help="method parameters, e.g. coreset_ratio=0.1,max_bank=100000")
     ap.add_argument("--sigmas", default=None, help="several map blurs scored on one fit (tags TAG-sigmaS)")
     ap.add_argument("--tag", default="")
@@ -88,6 +89,8 @@ def main() -> int:
             kw["sigma"] = args.sigma
         if args.backbone:
             kw["backbone"] = args.backbone
+        if args.border:
+            kw["border"] = args.border
         params = {k: float(v) if "." in v else int(v) for k, v in
                   (kv.split("=") for kv in args.params.split(",") if kv)}
         model = AnomalyModel("patchcore", spec=spec, params=params, **kw)
