@@ -133,6 +133,25 @@ def test_image_scores_come_from_the_same_patch_scores(tiles):
     assert scores["topk"][4:].mean() > scores["topk"][:4].mean()
 
 
+def test_cli_image_score_options_reach_the_model_and_its_config():
+    import argparse
+
+    from vinspect.anomaly.model import AnomalyModel
+    from vinspect.cli.anomaly import _common, _model_kwargs
+
+    p = argparse.ArgumentParser()
+    _common(p)
+    kw = _model_kwargs(p.parse_args(["d", "--normal", "free", "--image-score", "topk", "--top-fraction", "0.05"]))
+    m = AnomalyModel("patchcore", **kw)
+    assert (m.image_score, m.top_fraction) == ("topk", 0.05)
+    assert (m.config()["image_score"], m.config()["top_fraction"]) == ("topk", 0.05)
+    assert AnomalyModel("patchcore", **_model_kwargs(p.parse_args(["d", "--normal", "free"]))).image_score == "method"
+    for bad in (["--image-score", "mean"], ["--top-fraction", "0"]):
+        with pytest.raises(SystemExit) as e:
+            p.parse_args(["d", "--normal", "free", *bad])
+        assert e.value.code == 2
+
+
 def test_local_average_counts_the_zero_padding_like_patchcore(tiles):
     """border "zeros" (the default) = torch's AvgPool2d(3, 1, 1) on the layer maps, as PatchCore's Unfold and
     anomalib's pooler compute it; "valid" differs only on the border ring; a bundle config without the setting
