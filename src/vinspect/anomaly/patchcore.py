@@ -4,8 +4,9 @@ reduced by greedy k-center coreset selection; a patch's score is its distance to
 The memory bank is stored as float16.  The greedy selection is exact and vectorised: the distances of the
 candidates to the growing coreset are only brought up to date for the points that can still be the farthest
 (a point's stored distance is an upper bound that only decreases), and the others are refreshed in one
-matrix product when the front runners are used up.  On a 2-core CPU this selects 1 % of ~500 000 patches in
-seconds, where the textbook loop (every point against every new centre) took minutes.
+matrix product when the front runners are used up.  On one core of this project's CPU it selects the default
+bank (10 %, at most 20 000) from the ~520 000 patches of a magnetic-tile split in under a minute, where the
+textbook loop (every point against every new centre, anomalib's: 0.36 s a centre) would take about two hours.
 """
 
 from __future__ import annotations
