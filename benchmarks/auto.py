@@ -1,7 +1,7 @@
 """Automatic model selection (--auto) against the default and the best fixed configuration, on real data.
 
     nice -n 10 env OMP_NUM_THREADS=1 .venv/bin/python benchmarks/auto.py [--budget 10m] [--splits 10]
-        [--tasks neu-cls,wear-grades,wear-intact,magnetic-tile,elpv] [--force]
+        [--tasks neu-cls,wear-grades,wear-intact,magnetic-tile,elpv] [--force] [--fixed-elsewhere SEED]
 
 For each task, in one run with the same 10 outer stratified 70/30 splits (seed 0):
 
