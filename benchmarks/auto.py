@@ -179,7 +179,7 @@ def markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def fixed_elsewhere(name: str, root: Path, classes, task: dict, seed: int, splits: int) -> dict:
+def fixed_elsewhere(root: Path, classes, task: dict, seed: int, splits: int) -> dict:
     """The best fixed candidate chosen on other outer splits (``seed``), scored on the task's own splits."""
     from vinspect.pipeline import load_dataset
     from vinspect.pipeline.auto import prepare
@@ -234,7 +234,7 @@ def main() -> int:
             root, classes = TASKS[name]
             root = elpv_root() if name == "elpv" else root
             t = report["tasks"][name]
-            t["best_fixed_elsewhere"] = fixed_elsewhere(name, Path(root), classes, t, args.fixed_elsewhere,
+            t["best_fixed_elsewhere"] = fixed_elsewhere(Path(root), classes, t, args.fixed_elsewhere,
                                                         args.splits)
             path.write_text(json.dumps(report, indent=2) + "\n")
             (RESULTS / "auto.md").write_text(markdown(report))
