@@ -235,7 +235,7 @@ def main() -> int:
             root = elpv_root() if name == "elpv" else root
             t = report["tasks"][name]
             t["best_fixed_elsewhere"] = fixed_elsewhere(Path(root), classes, t, args.fixed_elsewhere,
-                                                        args.splits)
+                                                   args.splits)
             path.write_text(json.dumps(report, indent=2) + "\n")
             (RESULTS / "auto.md").write_text(markdown(report))
             print(f"{name}: {json.dumps(t['best_fixed_elsewhere'])}", file=sys.stderr, flush=True)
