@@ -129,10 +129,41 @@ def test_search_order_reference_in_full_and_repeats_on_small_data(neu_loaded):
     stages = [r["stage"] for r in recs]
     assert stages == sorted(stages) and stages[0] == 0 and set(stages[1:]) <= {1, 2, 3}
     assert all(r["features"] == variants[0].as_dict() for r in recs if r["stage"] == 1)
+    # stage 2: every variant with the best head of each of the best head families (here all three families)
+    for v in variants:
+        families = {r["head"]["name"] for r in recs if r["features"] == v.as_dict() and r["stage"] <= 2}
+        assert families == {"logreg", "svm-rbf", "knn"}, v.name
+    # small stages are scored on every fold; large ones halve from a fifth of the folds
+    assert S.stage_rungs(10, 5) == [5] and S.stage_rungs(S.MAX_FULL_FITS, 20) == [4, 12, 20]
+    assert S.rungs(5) == [1, 3, 5]
+    # the choice on 30 images (repeated folds): the one-SE rule, the first in the search's order within one SE
+    key = "mean_" + DEFAULT_SELECT
+    scored = [r for r in recs if r["n_folds"] == k]
+    top = max(scored, key=lambda r: r[key])
+    chosen = next(r for r in scored if r["label"] == full.best.label)
+    vals = [f[DEFAULT_SELECT] for f in top["folds"].values()]
+    se = np.std(vals, ddof=1) / np.sqrt(5)
+    assert chosen[key] >= top[key] - se - 1e-12
+    assert all(r[key] < top[key] - se for r in scored[:scored.index(chosen)])
     # a budget that runs out right after the reference: it is chosen, nothing else was scored
     cut = S.search(X, y, variants, SMALL_HEADS, seed=1, n_jobs=1, clock=_StopAfterReference())
     assert cut.budget_reached and cut.best == S.Candidate(variants[0], S.REFERENCE_HEAD)
     assert [r["n_folds"] for r in cut.records] == [k]
+
+
+def test_large_training_parts_take_the_best_mean(neu_loaded, monkeypatch):
+    """From MIN_VALIDATION training images on (one 5-fold pass) the choice is the best mean inner score (the
+    threshold lowered here so that 30 real images count as large)."""
+    import importlib
+
+    S = importlib.import_module("vinspect.selection.search")
+    ds, loaded = neu_loaded
+    monkeypatch.setattr(S, "MIN_VALIDATION", 10)
+    res = S.search(loaded["features"], loaded["labels"], loaded["variants"][:5], SMALL_HEADS, seed=2, n_jobs=1)
+    assert res.folds == 5
+    scored = [r for r in res.records if r["n_folds"] == 5]
+    best = max(scored, key=lambda r: (r["mean_" + DEFAULT_SELECT], -scored.index(r)))
+    assert res.best.label == best["label"]
 
 
 class _StopAfterReference(Clock):

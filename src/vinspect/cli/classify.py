@@ -120,7 +120,7 @@ def _add_auto(p: argparse.ArgumentParser, train: bool = False) -> None:
     g = p.add_argument_group("automatic model selection (see the README: Automatic model selection)")
     g.add_argument("--auto", action="store_true",
                    help="choose layer(s), pooling, resolution, head, its hyper-parameters and class weights "
-                        + ("by successive halving on stratified folds of every image, then save the chosen "
+                        + ("by a staged search on stratified folds of every image, then save the chosen "
                            "configuration as a normal bundle" if train else
                            "inside each outer split, on its training part only (nested), and report the outer "
                            "scores"))
