@@ -20,7 +20,7 @@ Stages 2 and 3 are scored on every fold when their candidates x folds stay withi
 else by the same halving.  Halving on one fold of a few hundred images drops good candidates on noise: on the
 magnetic tiles, every fixed candidate scored on every inner fold of each outer split ranked 1-NN on
 ``blocks.5+blocks.6`` GeM features first on average (it is also the best on the outer test parts), while the
-halving search of session 6 scored it in full in a few splits only.
+halving search of session 6 chose it in one outer split of ten.
 
 The choice, among the candidates scored on every fold (the reference always is): on a small training part
 (under ``MIN_VALIDATION`` images, where the inner folds are repeated passes over the same few images) the
