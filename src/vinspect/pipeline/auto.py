@@ -96,9 +96,10 @@ def train_auto(data, out, backbone: str = DEFAULT_BACKBONE, classes=None, seed: 
     X, y = loaded["features"], loaded["labels"]
     from tqdm.auto import tqdm
 
-    from ..selection.search import planned_fits
+    from ..selection.search import INNER_FOLDS, inner_repeats, planned_fits
 
-    with tqdm(total=planned_fits(len(loaded["variants"]), len(loaded["heads"]), 5), desc="auto search", unit="fit",
+    k = INNER_FOLDS * inner_repeats(len(y))  # the inner folds (repeated passes on small data)
+    with tqdm(total=planned_fits(len(loaded["variants"]), len(loaded["heads"]), k), desc="auto search", unit="fit",
               disable=not progress) as bar:
         res = search(X, y, loaded["variants"], loaded["heads"], select, seed, Clock(budget_s), n_jobs,
                      on_fit=bar.update)
