@@ -1,7 +1,7 @@
 """Automatic, honest model selection (``vinspect classify evaluate|train --auto``).
 
 :mod:`.space`: the documented search space (feature variants x heads); :mod:`.variants`: every variant's
-features from the HDF5 cache, one extraction pass per resolution; :mod:`.search`: successive halving on
+features from the HDF5 cache, one extraction pass per resolution; :mod:`.search`: a staged search on
 inner folds within a time budget; :mod:`.nested`: the nested protocol (the search inside each outer split,
 on its training part only); :mod:`.report`: results.txt.
 """
