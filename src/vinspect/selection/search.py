@@ -16,11 +16,12 @@ that runs out has already tried what matters most:
 3. **pairs**: the ``TOP_VARIANTS`` best variants so far with the ``TOP_HEADS`` best heads of stage 1 (the pairs
    not scored yet).
 
-Stages 2 and 3 are scored on every fold when their candidates x folds stay within ``MAX_FULL_FITS`` fits,
-else by the same halving.  Halving on one fold of a few hundred images drops good candidates on noise: on the
-magnetic tiles, every fixed candidate scored on every inner fold of each outer split ranked 1-NN on
-``blocks.5+blocks.6`` GeM features first on average (it is also the best on the outer test parts), while the
-halving search of session 6 chose it in one outer split of ten.
+Stages 2 and 3 are scored on every fold when their candidates x folds stay within ``MAX_FULL_FITS`` fits
+(NEU's 20 variants x 3 heads), else by the same halving (magnetic-tile's 60 x 3, ELPV's 40 x 3, insert-wear's
+repeated folds).  Why: every fixed candidate scored on every inner fold of each outer split
+(benchmarks/auto_ranking.py) ranked the tiles' best configuration (1-NN on ``blocks.5+blocks.6`` GeM) first on
+average, while the session-6 search (one head in stage 2, every stage halved from one fold) chose it in one
+outer split of ten: the inner folds were not the problem, what the search scored in full was.
 
 The choice, among the candidates scored on every fold (the reference always is): on a small training part
 (under ``MIN_VALIDATION`` images, where the inner folds are repeated passes over the same few images) the
