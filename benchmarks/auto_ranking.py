@@ -52,7 +52,7 @@ def score_task(name: str, fixed: list[dict]) -> dict:
            for c, r in zip(cands, fixed)}
 
     def one(c, tr, te, Xv, yv):
-        p = c.head.make(Xv.shape[1], 0).fit(Xv[tr], yv[tr]).predict(Xv[te])
+        p = nested.fit_candidate(c, Xv[tr], yv[tr], 0).predict(Xv[te])
         return accuracy_score(yv[te], p), balanced_accuracy_score(yv[te], p)
 
     t0 = time.perf_counter()

@@ -195,8 +195,10 @@ def search(X: dict[FeatureVariant, np.ndarray], y: np.ndarray, variants: list[Fe
     halving([Candidate(variants[0], h) for h in heads], 1)
     ranked_heads = [c.head for c in ranked([c for c in scores if c.variant == variants[0]])]
     if not clock.reached:
-        family_heads = list({h.name: h for h in reversed(ranked_heads)}.values())  # the best head per family
-        family_heads = sorted(family_heads, key=ranked_heads.index)[:TOP_FAMILIES]
+        best_of_family: dict[str, HeadConfig] = {}
+        for h in ranked_heads:  # best first, so the first head of a family is its best
+            best_of_family.setdefault(h.name, h)
+        family_heads = list(best_of_family.values())[:TOP_FAMILIES]
         halving([Candidate(v, h) for v in variants for h in family_heads], 2)
     if not clock.reached:
         top_v = list(dict.fromkeys(c.variant for c in ranked(list(scores))))[:TOP_VARIANTS]
