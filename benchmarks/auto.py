@@ -196,17 +196,25 @@ def fixed_elsewhere(root: Path, classes, task: dict, seed: int, splits: int) -> 
                                 progress=sys.stderr.isatty())
     out = {"seed": seed, "splits": splits, "seconds": time.perf_counter() - t0, "date":
            datetime.now(timezone.utc).isoformat(timespec="seconds"), "commit": _commit()}
-    n = task["splits"]
     for key in ("accuracy", "balanced_accuracy"):
         i = int(np.argmax([r[key + "_mean"] for r in other]))
         assert other[i]["label"] == rows[i]["label"]
-        here = rows[i]
-        out[key] = {"label": here["label"], "chosen_on_other_splits": other[i][key + "_mean"],
-                    "mean": here[key + "_mean"], "std": here[key + "_std"],
-                    "sem": float(here[key + "_std"] / np.sqrt(n)),
-                    "auto_ge_minus_se": bool(task["auto"][key]["mean"] >= here[key + "_mean"]
-                                             - here[key + "_std"] / np.sqrt(n))}
-    return out
+        out[key] = {"label": rows[i]["label"], "chosen_on_other_splits": other[i][key + "_mean"]}
+    return compare_elsewhere(out, task)
+
+
+def compare_elsewhere(e: dict, task: dict) -> dict:
+    """``e`` (the configuration chosen on other splits, per metric) with its score on the task's own splits, from
+    the task's fixed candidates (this run's), and whether auto is within one SE of it."""
+    n = task["splits"]
+    rows = {r["label"]: r for r in task["fixed"]}
+    for key in ("accuracy", "balanced_accuracy"):
+        b = e[key]
+        here = rows.get(b["label"])
+        if here is not None:  # else (not among this run's fixed candidates): the earlier run's score is kept
+            b.update(mean=here[key + "_mean"], std=here[key + "_std"], sem=float(here[key + "_std"] / np.sqrt(n)))
+        b["auto_ge_minus_se"] = bool(task["auto"][key]["mean"] >= b["mean"] - b["sem"])
+    return e
 
 
 def main() -> int:
@@ -253,11 +261,9 @@ def main() -> int:
         before = report["tasks"].get(name, {})
         report["tasks"][name] = run_task(name, Path(root), classes, args)
         if "best_fixed_elsewhere" in before:  # kept (chosen among the earlier run's fixed candidates, on other
-            # splits: it does not depend on the search); the comparison with auto made anew
-            t, kept = report["tasks"][name], before["best_fixed_elsewhere"]
-            for key in ("accuracy", "balanced_accuracy"):
-                kept[key]["auto_ge_minus_se"] = bool(t["auto"][key]["mean"] >= kept[key]["mean"] - kept[key]["sem"])
-            t["best_fixed_elsewhere"] = kept
+            # splits: it does not depend on the search); its score here and the comparison with auto made anew
+            t = report["tasks"][name]
+            t["best_fixed_elsewhere"] = compare_elsewhere(before["best_fixed_elsewhere"], t)
         RESULTS.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(report, indent=2) + "\n")
         (RESULTS / "auto.md").write_text(markdown(report))
