@@ -128,7 +128,7 @@ class Extractor:
                  random_init: bool = False, batch_size: int = 32, workers: int | None = None,
                  device: str | None = None, engine: str = DEFAULT_ENGINE, quantize: str | None = None,
                  onnx_dir: str | Path | None = None, calibration=None, onnx_file: str | Path | None = None,
-                 precision: str | None = None):
+                 precision: str | None = None, tiles: tuple[int, int, str] | None = None):
         self.spec = get_spec(backbone)
         self.backbone = backbone
         self.layer = layer or self.spec.default_layer
@@ -152,6 +152,7 @@ class Extractor:
         if quantize and engine != "onnx":
             raise BadInputError("--quantize int8 needs --engine onnx (--precision int8 quantises with any engine "
                                 "but torch)")
+        self.tiles = _check_tiles(tiles)
         self.requested_engine = engine
         self.engine_name, self.precision, self.engine_reason = resolve_engine(engine, precision, quantize)
         if self.engine_name == "onnx" and self.precision == "int8":
@@ -186,6 +187,12 @@ class Extractor:
         self._build()  # timm cache: resolving it needs timm
         return self._loaded.weights_sha256, self._loaded.weights_path
 
+    @property
+    def input_hw(self) -> tuple[int, int]:
+        """(height, width) of a decoded image: the square input, or the canvas of ``rows`` x ``cols`` tiles."""
+        s = self.preprocessing.input_size
+        return (self.tiles[0] * s, self.tiles[1] * s) if self.tiles else (s, s)
+
     def _build(self):
         if self._loaded is None:
             from ..backbones.build import create_backbone
@@ -199,9 +206,12 @@ class Extractor:
 
     def torch_net(self):
         """The torch module uint8 NHWC -> features (normalisation, backbone cut at the layer, pooling)."""
-        from .torch_engine import FeatureNet
+        from .torch_engine import FeatureNet, TiledNet
 
-        return FeatureNet(self._build(), self.layer, self.pool, self.preprocessing).eval()
+        net = FeatureNet(self._build(), self.layer, self.pool, self.preprocessing)
+        if self.tiles:
+            net = TiledNet(net, self.tiles[0], self.tiles[1], self.preprocessing.input_size, self.tiles[2])
+        return net.eval()
 
     @property
     def onnx_path(self) -> Path:
@@ -235,28 +245,31 @@ class Extractor:
             if self.engine_name == "onnx":
                 from .onnx_engine import OnnxEngine
 
-                self._engine = OnnxEngine(self.onnx_path, self.torch_net, self.preprocessing.input_size,
+                self._engine = OnnxEngine(self.onnx_path, self.torch_net, self.input_hw,
                                           quantize=self.quantize, calibration=self.calibration)
             elif self.engine_name == "openvino":
                 from .onnx_engine import export_module
                 from .openvino_engine import OpenVinoEngine
 
                 def build_onnx():
-                    s = self.preprocessing.input_size
-                    export_module(self.torch_net(), np.zeros((2, s, s, 3), np.uint8), self.onnx_path)
+                    export_module(self.torch_net(), np.zeros((2, *self.input_hw, 3), np.uint8), self.onnx_path)
 
                 self._engine = OpenVinoEngine(self.openvino_path, self.onnx_path, build_onnx, self.precision,
                                               calibration=self.calibration)
             else:
                 from .torch_engine import TorchEngine
 
-                self._engine = TorchEngine(self._build(), self.layer, self.pool, self.preprocessing, self.device)
+                self._engine = TorchEngine(self._build(), self.layer, self.pool, self.preprocessing, self.device,
+                                           self.tiles)
         return self._engine
 
     def _fp32_meta(self) -> dict:
-        return {"backbone": self.backbone, "arch": self.spec.arch, "layer": self.layer, "pool": self.pool,
-                "preprocessing": self.preprocessing.as_dict(), "weights_sha256": self.weights_sha256,
-                "random_init": bool(self.random_init)}
+        m = {"backbone": self.backbone, "arch": self.spec.arch, "layer": self.layer, "pool": self.pool,
+             "preprocessing": self.preprocessing.as_dict(), "weights_sha256": self.weights_sha256,
+             "random_init": bool(self.random_init)}
+        if self.tiles:  # absent otherwise: the keys of untiled features are unchanged
+            m["tiles"] = list(self.tiles)
+        return m
 
     @property
     def meta(self) -> dict:
@@ -273,11 +286,30 @@ class Extractor:
 
     def decode(self, source) -> np.ndarray:
         p = self.preprocessing
-        return load_rgb(source, p.input_size, p.interpolation, p.resize)
+        return load_rgb(source, self.input_hw if self.tiles else p.input_size, p.interpolation, p.resize)
 
     def features(self, images: np.ndarray) -> np.ndarray:
-        """(N, H, W, 3) uint8 at the input size -> (N, D) float32."""
+        """(N, H, W, 3) uint8 at the input size (tiled: the canvas of tiles) -> (N, D) float32."""
         return self.engine(images)
+
+
+MAX_TILES = 64
+TILE_REDUCE = ("max", "mean")  # how the tiles' features become the image's (torch_engine.TiledNet)
+
+
+def _check_tiles(tiles) -> tuple[int, int, str] | None:
+    """``(rows, cols, reduce)`` checked (None: no tiles)."""
+    if tiles is None:
+        return None
+    try:
+        rows, cols, reduce = int(tiles[0]), int(tiles[1]), str(tiles[2])
+    except (TypeError, ValueError, IndexError):
+        raise BadInputError(f"tiles {tiles!r}: give (rows, cols, max|mean)") from None
+    if rows < 1 or cols < 1 or rows * cols > MAX_TILES:
+        raise BadInputError(f"tiles {rows}x{cols}: between 1 and {MAX_TILES} tiles")
+    if reduce not in TILE_REDUCE:
+        raise BadInputError(f"tiles reduce {reduce!r}: use one of {', '.join(TILE_REDUCE)}")
+    return rows, cols, reduce
 
 
 @dataclass

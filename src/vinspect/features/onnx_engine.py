@@ -57,14 +57,16 @@ def export_module(module, example: np.ndarray, path: Path, output_names=("featur
 class OnnxEngine:
     name = "onnx"
 
-    def __init__(self, onnx_path: Path, build_torch_net=None, input_size: int = 224, threads: int | None = None,
-                 quantize: str | None = None, calibration=None):
-        """``build_torch_net()`` is called only when ``onnx_path`` does not exist yet (first use)."""
+    def __init__(self, onnx_path: Path, build_torch_net=None, input_size: int | tuple[int, int] = 224,
+                 threads: int | None = None, quantize: str | None = None, calibration=None):
+        """``build_torch_net()`` is called only when ``onnx_path`` does not exist yet (first use);
+        ``input_size``: the side of a square input, or (height, width)."""
         self.path = Path(onnx_path)
         if not self.path.is_file():
             if build_torch_net is None:
                 raise BadInputError(f"{self.path}: no such ONNX model")
-            example = np.zeros((2, input_size, input_size, 3), np.uint8)
+            h, w = (input_size, input_size) if isinstance(input_size, int) else input_size
+            example = np.zeros((2, int(h), int(w), 3), np.uint8)
             fp32 = self.path if not quantize else self.path.with_name(self.path.stem + "-fp32.onnx")
             if not fp32.is_file():
                 export_module(build_torch_net(), example, fp32)

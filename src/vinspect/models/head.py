@@ -117,11 +117,21 @@ class HeadPredictor(Predictor):
             if cfg.get("quantize"):  # an int8 bundle carries its quantised backbone: the features depend on it
                 kw.update(engine="onnx", quantize=cfg["quantize"], onnx_file=self.bundle.file(cfg["backbone_onnx"]))
                 kw.pop("precision", None)
-            if pre.square is None:
+            tiles = b.get("tiles")
+            if tiles:  # a canvas of rows x cols square tiles
+                rows, cols = int(tiles[0]), int(tiles[1])
+                side = pre.height // rows
+                if rows * side != pre.height or cols * side != pre.width:
+                    raise BadInputError(f"{self.bundle.path}: input {pre.width}x{pre.height} is not a grid of "
+                                        f"{rows}x{cols} square tiles")
+                kw["tiles"] = (rows, cols, tiles[2])
+            elif pre.square is None:
                 raise BadInputError(f"{self.bundle.path}: head models take square inputs, not {pre.width}x{pre.height}")
+            else:
+                side = pre.square
             weights = self.weights or (b.get("weights_path") if not get_spec(b["name"]).weights and
                                        b.get("weights_path") else None)
-            ex = Extractor(b["name"], b["layer"], b["pool"], image_size=pre.square, resize=pre.resize,
+            ex = Extractor(b["name"], b["layer"], b["pool"], image_size=side, resize=pre.resize,
                            weights=weights, random_init=b.get("random_init", False), batch_size=self.batch_size,
                            device=self.device, **kw)
             epre = ex.preprocessing
@@ -140,7 +150,7 @@ class HeadPredictor(Predictor):
     def describe(self) -> dict:
         d = super().describe()
         b = self.bundle.backbone or {}
-        d.update(layer=b.get("layer"), pool=b.get("pool"), head=self.bundle.config.get("head"),
+        d.update(layer=b.get("layer"), pool=b.get("pool"), tiles=b.get("tiles"), head=self.bundle.config.get("head"),
                  feature_dim=self.bundle.config.get("feature_dim"), engine=self.extractor.engine_name)
         return d
 
@@ -201,11 +211,12 @@ class HeadPredictor(Predictor):
 
         pred, k = self.explanation_target(pixels, label)
         b = self.bundle.backbone or {}
-        if "+" in str(b.get("layer")) or b.get("pool") == "gem":
+        if "+" in str(b.get("layer")) or b.get("pool") == "gem" or b.get("tiles"):
             from ..explain.gradcam import HeatmapUnavailable
 
-            raise HeatmapUnavailable(f"no heatmap yet for {b.get('layer')} with {b.get('pool')} pooling (several "
-                                     f"layers joined, or GeM pooling, as --auto may choose)")
+            raise HeatmapUnavailable(f"no heatmap yet for {b.get('layer')} with {b.get('pool')} pooling"
+                                     f"{' over tiles' if b.get('tiles') else ''} (several layers joined, GeM "
+                                     f"pooling or tiles, as --auto may choose)")
         net, lin, mode, modules, names = self._cam_net()
         method, why = self.explain_method()
         if lin is not None:
@@ -243,13 +254,12 @@ class HeadPredictor(Predictor):
 
         out = Path(path) if path else self.bundle.path / "model.onnx"
         ex = self.extractor
-        size = ex.preprocessing.input_size
         cfg = self.bundle.config
         with tempfile.TemporaryDirectory() as tmp:
             if cfg.get("quantize"):
                 backbone = onnx.load(str(ex.onnx_path))
             else:
-                p = export_module(ex.torch_net(), np.zeros((2, size, size, 3), np.uint8), Path(tmp) / "backbone.onnx")
+                p = export_module(ex.torch_net(), np.zeros((2, *ex.input_hw, 3), np.uint8), Path(tmp) / "backbone.onnx")
                 backbone = onnx.load(str(p))
         dim = int(cfg["feature_dim"])
         clf = self.head.steps[-1][1]
@@ -275,8 +285,11 @@ class HeadPredictor(Predictor):
         for old, new in rename.items():
             names[old].name = new
         b = self.bundle.backbone
-        write_metadata(merged, self.bundle, {"backbone": b["name"], "layer": b["layer"], "pool": b["pool"],
-                                             "head": cfg["head"]["name"], "weights_sha256": str(b["weights_sha256"])})
+        extra = {"backbone": b["name"], "layer": b["layer"], "pool": b["pool"], "head": cfg["head"]["name"],
+                 "weights_sha256": str(b["weights_sha256"])}
+        if b.get("tiles"):
+            extra["tiles"] = json.dumps(b["tiles"])
+        write_metadata(merged, self.bundle, extra)
         onnx.checker.check_model(merged)
         out.parent.mkdir(parents=True, exist_ok=True)
         onnx.save(merged, str(out))
@@ -301,13 +314,17 @@ def save_head_bundle(out, head, extractor, head_cfg: dict, feature_dim: int, met
     import skops.io as sio
 
     pre = extractor.preprocessing
+    h, w = extractor.input_hw  # the square input, or the canvas of tiles
+    backbone = {"name": extractor.backbone, "arch": extractor.spec.arch, "layer": extractor.layer,
+                "pool": extractor.pool, "weights_sha256": extractor.weights_sha256,
+                "weights_path": extractor.weights_path, "random_init": bool(extractor.random_init)}
+    if extractor.tiles:
+        backbone["tiles"] = list(extractor.tiles)  # [rows, cols, max|mean]: see features.torch_engine.TiledNet
     bundle = Bundle(
         task="classify", kind="head", classes=list(training.pop("classes")),
-        preprocessing=Preprocessing(width=pre.input_size, height=pre.input_size, resize=pre.resize, colour="rgb",
+        preprocessing=Preprocessing(width=w, height=h, resize=pre.resize, colour="rgb",
                                     mean=tuple(pre.mean), std=tuple(pre.std), interpolation=pre.interpolation),
-        backbone={"name": extractor.backbone, "arch": extractor.spec.arch, "layer": extractor.layer,
-                  "pool": extractor.pool, "weights_sha256": extractor.weights_sha256,
-                  "weights_path": extractor.weights_path, "random_init": bool(extractor.random_init)},
+        backbone=backbone,
         config={"head": head_cfg, "head_file": HEAD_FILE, "feature_dim": int(feature_dim),
                 **extractor.engine_info(), "quantize": extractor.quantize},
         metrics=metrics, training=training)
