@@ -106,8 +106,8 @@ def train_auto(data, out, backbone: str = DEFAULT_BACKBONE, classes=None, seed: 
     best = res.best
     v = best.variant
     model = best.head.make(X[v].shape[1], seed).fit(X[v], y)
-    ex = Extractor(backbone, v.layer, v.pool, v.size, v.resize, weights=weights, batch_size=batch_size,
-                   workers=workers, engine=engine)
+    ex = Extractor(backbone, weights=weights, batch_size=batch_size, workers=workers, engine=engine,
+                   **v.extractor_kwargs())
     rec = next(r for r in res.records if r["label"] == best.label)
     summary = res.summary(select)
     metrics = {"train_accuracy": float((model.predict(X[v]) == y).mean()),

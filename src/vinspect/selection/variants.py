@@ -2,8 +2,9 @@
 
 Extraction is unsupervised (no label is used), so computing it once for every image before the nested
 protocol splits anything leaks nothing.  One network per resolution returns, for each of the (up to) three
-last stages, the average, max and GeM pooling of its map in one forward pass; every variant (single layers,
-their concatenations, ``avgmax``) is cut from that output and written into the same cache file that
+last stages, the average, max and GeM pooling of its map in one forward pass (tiled: per tile, then the max and
+the mean over the tiles); every variant (single layers, their concatenations, ``avgmax``, max or mean over
+tiles) is cut from that output and written into the same cache file that
 :class:`vinspect.features.Extractor` with those settings reads, so a bundle trained on a chosen variant finds
 its features there, and predicts with the plain extractor (the same network, fp32).
 """
@@ -32,12 +33,19 @@ def _relp(p, root) -> str:
 
 
 def variant_meta(base: Extractor, v: FeatureVariant) -> dict:
-    """The cache key settings of ``v`` (what ``Extractor(layer=v.layer, pool=v.pool, ...)`` would use)."""
-    return dict(base.meta, layer=v.layer, pool=v.pool)
+    """The cache key settings of ``v`` (what ``Extractor(**v.extractor_kwargs())`` would use)."""
+    m = dict(base.meta, layer=v.layer, pool=v.pool)
+    if v.grid:
+        m["tiles"] = [*v.grid, v.tiles]
+    return m
 
 
 def _assemble(out: np.ndarray, stages: list[str], dims: dict[str, int], v: FeatureVariant) -> np.ndarray:
-    """Cut variant ``v`` from the multi-pass output (per stage: avg, max, gem, each of that stage's width)."""
+    """Cut variant ``v`` from the multi-pass output (per stage: avg, max, gem, each of that stage's width;
+    tiled: that layout reduced by max over the tiles, then by their mean)."""
+    if v.grid:
+        half = out.shape[1] // 2
+        out = out[:, :half] if v.tiles == "max" else out[:, half:]
     offs, o = {}, 0
     for s in stages:
         for p in BASE_POOLS:
@@ -67,12 +75,15 @@ def _multi_engine(base: Extractor, stages: list[str], cache_dir: Path):
     import torch
 
     from ..backbones.pooling import pool
-    from ..features.torch_engine import FeatureNet
+    from ..features.torch_engine import FeatureNet, TiledNet
 
     key = {"multi": stages, "pools": list(BASE_POOLS), **base._fp32_meta()}  # noqa: SLF001
+    if base.tiles:
+        key["tiles"] = [*base.tiles[:2], "both"]
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
     size = base.preprocessing.input_size
-    stem = f"multi__{base.backbone}__{size}-{base.preprocessing.resize}__{digest}"
+    how = f"tiles{base.tiles[0]}x{base.tiles[1]}" if base.tiles else base.preprocessing.resize
+    stem = f"multi__{base.backbone}__{size}-{how}__{digest}"
 
     class MultiNet(FeatureNet):
         def forward(self, images):
@@ -81,9 +92,12 @@ def _multi_engine(base: Extractor, stages: list[str], cache_dir: Path):
             return torch.cat([pool(m, p) for m in maps for p in BASE_POOLS], dim=1)
 
     def net():
-        return MultiNet(base._build(), "+".join(stages), "avg", base.preprocessing).eval()  # noqa: SLF001
+        m = MultiNet(base._build(), "+".join(stages), "avg", base.preprocessing)  # noqa: SLF001
+        if base.tiles:  # per tile, then max and mean over the tiles (both: one pass)
+            m = TiledNet(m, base.tiles[0], base.tiles[1], size, "both")
+        return m.eval()
 
-    example = np.zeros((2, size, size, 3), np.uint8)
+    example = np.zeros((2, *base.input_hw, 3), np.uint8)
     if base.engine_name == "openvino":
         from ..features.onnx_engine import export_module
         from ..features.openvino_engine import OpenVinoEngine
@@ -94,13 +108,14 @@ def _multi_engine(base: Extractor, stages: list[str], cache_dir: Path):
     if base.engine_name == "onnx":
         from ..features.onnx_engine import OnnxEngine
 
-        return OnnxEngine(cache_dir / "onnx" / f"{stem}.onnx", net, size)
+        return OnnxEngine(cache_dir / "onnx" / f"{stem}.onnx", net, base.input_hw)
     m = net().to(memory_format=torch.channels_last)
+    step = max(1, 8 // (base.tiles[0] * base.tiles[1] if base.tiles else 1))
 
     def run(batch):
         with torch.inference_mode():
-            return np.concatenate([m(torch.from_numpy(np.ascontiguousarray(batch[i:i + 8]))).numpy()
-                                   for i in range(0, len(batch), 8)])
+            return np.concatenate([m(torch.from_numpy(np.ascontiguousarray(batch[i:i + step]))).numpy()
+                                   for i in range(0, len(batch), step)])
     return run
 
 
@@ -141,19 +156,22 @@ def load_variants(ds: Dataset, variants: list[FeatureVariant], stages: list[str]
         except OSError as e:
             keys.append(None)
             skipped.append(Skipped(_relp(p, ds.root), f"unreadable ({e.strerror}), skipped"))
-    groups: dict[tuple[int, str], list[FeatureVariant]] = {}
+    groups: dict[tuple, list[FeatureVariant]] = {}
     for v in variants:
-        groups.setdefault((v.size, v.resize), []).append(v)
+        groups.setdefault(v.pass_key, []).append(v)
     failed: dict[str, str] = {}
     stats = {"n_computed": 0, "passes_cached": 0, "seconds": 0.0, "passes": []}
     bases = {}
-    for (size, resize), vs in groups.items():
-        base = Extractor(backbone, stages[-1], "avg", size, resize, weights=weights, batch_size=batch_size,
-                         workers=workers, engine=engine)
+    for pkey, vs in groups.items():
+        size, resize, grid = pkey
+        kw = dict(vs[0].extractor_kwargs(), layer=stages[-1], pool="avg")
+        if grid:
+            kw["tiles"] = (*grid, "max")  # the pass computes max and mean (variant_meta names each)
+        base = Extractor(backbone, weights=weights, batch_size=batch_size, workers=workers, engine=engine, **kw)
         if base.precision != "fp32":
             raise BadInputError(f"--auto runs fp32 engines only (the {base.engine_name} engine runs "
                                 f"{base.precision} here)")
-        bases[(size, resize)] = base
+        bases[pkey] = base
         metas = {v: variant_meta(base, v) for v in vs}
         caches = {v: FeatureCache(cache_dir, m) for v, m in metas.items()}
         for c in caches.values():
@@ -176,9 +194,10 @@ def load_variants(ds: Dataset, variants: list[FeatureVariant], stages: list[str]
                 dims = stage_dims(base, stages, caches, sample)
                 engine_ = _multi_engine(base, stages, cache_dir)
                 t0 = time.perf_counter()
-                ad = _Adapter(base, engine_, f"{size}px {resize}")
+                what = f"{grid[0]}x{grid[1]} tiles of {size}px" if grid else f"{size}px {resize}"
+                ad = _Adapter(base, engine_, what)
                 n = 0
-                for ok, feats, failures in stream_features(ad, paths, progress, desc=f"features {size}px {resize}"):
+                for ok, feats, failures in stream_features(ad, paths, progress, desc=f"features {what}"):
                     if ok:
                         ks = [todo[i] for i in ok]
                         for v, c in caches.items():
@@ -194,7 +213,8 @@ def load_variants(ds: Dataset, variants: list[FeatureVariant], stages: list[str]
                 stats["n_computed"] += n
                 stats["seconds"] += secs
                 stats["passes"].append({"size": size, "resize": resize, "images": n, "seconds": secs,
-                                        "images_per_second": n / secs if secs > 0 and n else None})
+                                        "images_per_second": n / secs if secs > 0 and n else None,
+                                        **({"grid": list(grid)} if grid else {})})
             else:
                 stats["passes_cached"] += 1
         finally:
@@ -208,11 +228,11 @@ def load_variants(ds: Dataset, variants: list[FeatureVariant], stages: list[str]
         raise BadInputError(f"{ds.root}: none of the {len(ds)} files could be decoded as an image")
     gkeys = [keys[i] for i in good]
     feats = {}
-    for (size, resize), vs in groups.items():
+    for pkey, vs in groups.items():
         for v in vs:
-            with FeatureCache(cache_dir, variant_meta(bases[(size, resize)], v)) as c:
+            with FeatureCache(cache_dir, variant_meta(bases[pkey], v)) as c:
                 feats[v] = c.get(gkeys)
-    base0 = bases[(variants[0].size, variants[0].resize)]
+    base0 = bases[variants[0].pass_key]
     return {"features": feats, "labels": np.asarray([ds.labels[i] for i in good], np.int64), "hashes": gkeys,
             "relpaths": [_relp(ds.paths[i], ds.root) for i in good], "skipped": skipped, "stats": stats,
             "engine": base0.engine_info(), "weights_sha256": base0.weights_sha256}
