@@ -9,7 +9,7 @@ import shutil
 import numpy as np
 import pytest
 
-from conftest import WEAR, need
+from conftest import NEU, WEAR, need
 from vinspect.cli import main
 from vinspect.data.dataset import scan_folder
 from vinspect.features.extract import Extractor, extract
@@ -42,6 +42,15 @@ def neu_loaded(neu_small):
     return ds, prepare(ds, progress=False)
 
 
+@pytest.fixture(scope="module")
+def strips_small(tmp_path_factory):
+    """Generated from real NEU images: 8 strips of 2 x 6 rolled-in-scale cells and 8 with one cell of another
+    defect class (400 x 1200 px: much larger than the input, so the search adds tiles)."""
+    from vinspect.data.strips import make_strips
+
+    return make_strips(need(NEU), tmp_path_factory.mktemp("strips"), per_class=8)
+
+
 SMALL_HEADS = [space.HeadConfig("logreg", C=1.0), space.HeadConfig("logreg", C=0.1),
                space.HeadConfig("svm-rbf", C=10.0, gamma_scale=1.0), space.HeadConfig("knn", n_neighbors=1)]
 
@@ -52,8 +61,19 @@ def test_space_default_first_and_cli_default_matches():
     assert {x.layer for x in v} == {"blocks.6", "blocks.5", "blocks.4", "blocks.5+blocks.6",
                                     "blocks.4+blocks.5+blocks.6"}
     assert {(x.size, x.resize) for x in v} == {(224, "squash"), (224, "letterbox"), (320, "letterbox")}
-    assert space.resolutions([(200, 200)] * 3, 224) == [(224, "squash")]  # NEU: nothing larger, square
-    assert space.resolutions([(2000, 1000)], 224)[-1] == (448, "letterbox")  # capped
+    assert not any(x.grid for x in v)  # 320 px: not much larger than the input, no tiles
+    assert space.resolutions([(200, 200)] * 3, 224) == [(224, "squash", None)]  # NEU: nothing larger, square
+    big = space.resolutions([(2000, 1000)], 224)
+    assert big[-2] == (448, "letterbox", None)  # the native letterbox is capped ...
+    assert big[-1][:2] == (224, "tiles")  # ... so tiles keep the native scale, at most 16 of them
+    assert 2 <= big[-1][2][0] * big[-1][2][1] <= space.MAX_SEARCH_TILES and big[-1][2][1] > big[-1][2][0]
+    assert space.tile_grid([(1250, 500)] * 3, 224) == (2, 6)  # a long strip: 12 tiles of 224 px
+    assert space.tile_grid([(448, 448)], 224) is None  # up to two input sides: no tiles
+    tiled = space.feature_variants("blocks.6", space.resolutions([(1250, 500)], 224))
+    t = [x for x in tiled if x.grid]
+    assert len(t) == 5 * 4 * 2 and {x.tiles for x in t} == {"max", "mean"}  # layers x pools x reduce
+    assert t[0].name == "blocks.6/avg/224-tiles2x6-max"
+    assert space.FeatureVariant(**json.loads(json.dumps(t[0].as_dict()))) == t[0]  # read back from results.json
     assert space.head_grid()[0] == space.REFERENCE_HEAD
     from vinspect.cli import classify
 
@@ -166,6 +186,46 @@ def test_large_training_parts_take_the_best_mean(neu_loaded, monkeypatch):
     assert res.best.label == best["label"]
 
 
+def test_a_budget_cut_stage_still_offers_its_leader(strips_small, monkeypatch):
+    """The budget runs out in the middle of stage 2's halving: the candidate ahead on the folds that every
+    survivor has (here the first rung's) is then scored on its remaining folds and takes part in the choice,
+    instead of being thrown away with the stage."""
+    import importlib
+
+    S = importlib.import_module("vinspect.selection.search")
+    loaded = prepare(scan_folder(strips_small), progress=False)  # NEU is too easy: the default would lead
+    monkeypatch.setattr(S, "MAX_FULL_FITS", 0)  # stage 2 halves (rungs of 5, 15 and 25 of the 25 folds)
+    res = S.search(loaded["features"], loaded["labels"], loaded["variants"], SMALL_HEADS, seed=1, n_jobs=1,
+                   clock=_StopAfterChecks(60))  # stage 1 takes 25 checks; the cut comes early in stage 2
+    k = res.folds
+    assert res.budget_reached and res.finished_after_budget
+    rec = {r["label"]: r for r in res.records}
+    fin = rec[res.finished_after_budget]
+    assert fin["n_folds"] == k and fin["stage"] == 2
+    stage2_heads = {r["head"]["name"] for r in res.records if r["stage"] == 2}
+    rung1 = [r for r in res.records if r["head"]["name"] in stage2_heads and r["n_folds"] >= 5]
+    assert any(5 <= r["n_folds"] < k for r in rung1)  # the cut left others part-scored
+
+    def first5(r):
+        return np.mean([r["folds"][str(f)][DEFAULT_SELECT] for f in range(5)])
+
+    assert first5(fin) >= max(first5(r) for r in rung1) - 1e-12
+    assert sum(r["n_folds"] == k for r in res.records if r["stage"] == 2) >= 1
+
+
+class _StopAfterChecks(Clock):
+    """A budget that runs out after ``n`` checks (one per batch of fits): deterministic, unlike wall time."""
+
+    def __init__(self, n: int):
+        super().__init__(1e9)
+        self.n, self.calls = n, 0
+
+    def expired(self) -> bool:
+        self.calls += 1
+        self.reached = self.reached or self.calls > self.n
+        return self.reached
+
+
 class _StopAfterReference(Clock):
     """A budget that runs out right after the reference's fits: the first check (made once the reference is
     scored) passes, every later one fails (deterministic, unlike wall time)."""
@@ -253,3 +313,60 @@ def test_class_too_small_for_nested_selection(capfd, neu_small, tmp_path):
     code, _, err = run(capfd, "train", data, "--auto", "--out", tmp_path / "m", "-q")
     assert code == 2 and "nested selection needs at least 2 images of every class" in err, err
     assert len(err.strip().splitlines()) == 1
+
+
+def test_tiles_are_searched_and_equal_the_plain_extractor(strips_small, tmp_path):
+    """The tiled variants come out of one pass (max and mean over the tiles); each equals the plain Extractor
+    with the same tiles, which equals every tile cut by hand through the untiled network."""
+    ds = scan_folder(strips_small)
+    loaded = prepare(ds, cache_dir=tmp_path / "a", engine="torch", progress=False)
+    tiled = [v for v in loaded["variants"] if v.grid]
+    assert tiled and {v.grid for v in tiled} == {(2, 5)}  # 400 x 1200 px at 224 px: 2 x 5.4 tiles
+    assert [p.get("grid") for p in loaded["stats"]["passes"]].count([2, 5]) == 1
+    assert "max over tiles" in " ".join(loaded["space"]["tiles"])
+    for v in (space.FeatureVariant("blocks.6", "avg", 224, "tiles", (2, 5), "max"),
+              space.FeatureVariant("blocks.5+blocks.6", "avgmax", 224, "tiles", (2, 5), "mean")):
+        ex = Extractor(engine="torch", **v.extractor_kwargs())
+        fs = extract(ds, ex, cache_dir=tmp_path / "b", use_cache=False, progress=False)
+        a = loaded["features"][v]
+        assert a.shape == fs.features.shape
+        assert np.abs(a - fs.features).max() <= 1e-4 * np.abs(fs.features).max() + 1e-5, v.name
+    ex = Extractor(layer="blocks.6", pool="avg", engine="torch", tiles=(2, 5, "max"))
+    canvas = np.stack([ex.decode(p) for p in ds.paths[:2]])
+    assert canvas.shape == (2, 448, 1120, 3)
+    cut = canvas.reshape(2, 2, 224, 5, 224, 3).transpose(0, 1, 3, 2, 4, 5).reshape(-1, 224, 224, 3)
+    by_hand = Extractor(layer="blocks.6", pool="avg", engine="torch").features(cut).reshape(2, 10, -1).max(1)
+    assert np.allclose(ex.features(canvas), by_hand, atol=1e-4)
+
+
+def test_tiled_bundle_predicts_and_exports(strips_small, tmp_path):
+    """A head on max-over-tiles features saved as a normal bundle: the predictor decodes the canvas and tiles it,
+    giving the head's own probabilities; the ONNX export (tiles inside the graph) gives them too."""
+    from vinspect.models.head import save_head_bundle
+    from vinspect.models.predictor import load_predictor
+
+    ds = scan_folder(strips_small)
+    ex = Extractor(layer="blocks.6", pool="avg", engine="torch", tiles=(2, 5, "max"))
+    fs = extract(ds, ex, cache_dir=tmp_path / "c", progress=False)
+    h = space.REFERENCE_HEAD
+    head = h.make(fs.features.shape[1]).fit(fs.features, fs.labels)
+    save_head_bundle(tmp_path / "m", head, ex, h.bundle_config(fs.features.shape[1]), fs.features.shape[1], {},
+                     {"classes": ds.classes})
+    m = json.loads((tmp_path / "m" / "model.json").read_text())
+    assert m["backbone"]["tiles"] == [2, 5, "max"]
+    assert (m["preprocessing"]["width"], m["preprocessing"]["height"]) == (1120, 448)
+    pred = load_predictor(tmp_path / "m", engine="torch")
+    rows, skipped = pred.predict([strips_small], progress=False)
+    assert not skipped and len(rows) == len(ds)
+    want = head.predict_proba(fs.features)
+    got = {r["path"]: r["probabilities"] for r in rows}
+    for i, rel in enumerate(fs.relpaths):
+        p = next(v for k, v in got.items() if k.endswith(rel))
+        assert np.allclose([p[c] for c in ds.classes], want[i], atol=1e-4)
+    import onnxruntime as ort
+
+    onnx_file = pred.export_onnx(tmp_path / "m.onnx")
+    sess = ort.InferenceSession(str(onnx_file), providers=["CPUExecutionProvider"])
+    canvas = np.stack([pred.decode(p) for p in ds.paths[:3]])
+    _, proba = sess.run(None, {"images": canvas})
+    assert np.allclose(proba, head.predict_proba(ex.features(canvas)), atol=1e-4)

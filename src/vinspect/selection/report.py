@@ -30,7 +30,9 @@ def auto_text(res: dict) -> str:
     for d in res["outer"]:
         lines += ["", f"outer split {d['split']}: chose {d['chosen']['label']}; outer accuracy {d['accuracy']:.4f}, "
                       f"balanced {d['balanced_accuracy']:.4f}; {d['fits']} inner fits in {d['seconds']:.1f} s"
-                      + (" (budget reached)" if d["budget_reached"] else ""),
+                      + (" (budget reached" + (f"; then finished {d['finished_after_budget']} on every fold"
+                                               if d.get("finished_after_budget") else "") + ")"
+                         if d["budget_reached"] else ""),
                   f"  inner {sel} (mean over the folds scored), best {min(TOP_LINES, len(d['candidates']))} of "
                   f"{len(d['candidates'])} candidates:"]
         key = "mean_" + sel
