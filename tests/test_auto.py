@@ -370,3 +370,55 @@ def test_tiled_bundle_predicts_and_exports(strips_small, tmp_path):
     canvas = np.stack([pred.decode(p) for p in ds.paths[:3]])
     _, proba = sess.run(None, {"images": canvas})
     assert np.allclose(proba, head.predict_proba(ex.features(canvas)), atol=1e-4)
+
+
+def test_auto_finetune_not_tried_when_the_budget_is_short(capfd, neu_small, tmp_path):
+    """--auto finetune with a budget far below a fine-tuning's estimated cost: the feature search runs with the
+    whole budget and the report says why fine-tuning was not tried."""
+    code, out, err = run(capfd, "evaluate", neu_small, "--auto", "finetune", "--splits", 2, "--budget", "10s",
+                         "--out", tmp_path / "r", "-q")
+    assert code == 0, err
+    res = json.loads((tmp_path / "r" / "results.json").read_text())
+    assert res["auto"] == "finetune"
+    for d in res["outer"]:
+        ft = d["finetune"]
+        assert not ft["tried"] and "not tried" in ft["reason"] and ft["inner_fit_seconds"] > 0
+        assert ft["search_budget_seconds"] == pytest.approx(5.0)  # the whole share of the split
+        assert d["chosen"]["label"].startswith("blocks.")
+    assert "fine-tuning: tried in 0 of 2 splits" in out
+    assert "fine-tuning: not tried" in (tmp_path / "r" / "results.txt").read_text()
+
+
+def test_train_auto_finetune_tried_and_its_bundle(capfd, neu_small, tmp_path, monkeypatch):
+    """With a budget that allows it, fine-tuning is scored on inner folds against the search's choice on the same
+    folds (recorded in the bundle).  When it wins (forced below: the features are perfect on this subset, so it
+    cannot win here), train --auto finetune writes a fine-tuned cnn bundle that predicts."""
+    code, out, err = run(capfd, "train", neu_small, "--auto", "finetune", "--budget", "2h", "--out",
+                         tmp_path / "m", "-q")
+    assert code == 0, err
+    m = json.loads((tmp_path / "m" / "model.json").read_text())
+    ft = m["metrics"]["selection"]["finetune"]
+    assert ft["tried"] and ft["folds"] and len(ft["folds"]) <= 5  # at most one 5-fold pass
+    key = "mean_" + DEFAULT_SELECT
+    assert ft[key] == pytest.approx(np.mean([s[DEFAULT_SELECT] for s in ft["folds"].values()]))
+    assert ft["chosen"] == (ft[key] > ft["features_" + key])
+    assert m["kind"] == ("cnn" if ft["chosen"] else "head") and "fine-tuning: tried on" in out
+
+    import vinspect.selection.finetune as F
+
+    real = F.compare_finetune
+
+    def wins(ft, rows, y, folds, n_folds, *a, **kw):  # one inner fold (time), then the win
+        return {**real(ft, rows, y, folds, 1, *a, **kw), "chosen": True}
+
+    monkeypatch.setattr(F, "compare_finetune", wins)
+    code, out, err = run(capfd, "train", neu_small, "--auto", "finetune", "--budget", "2h", "--out",
+                         tmp_path / "f", "-q")
+    assert code == 0, err
+    m = json.loads((tmp_path / "f" / "model.json").read_text())
+    assert m["kind"] == "cnn" and m["config"]["method"] == "finetune"
+    assert m["metrics"]["selection"]["chosen"]["method"] == "finetune"
+    assert m["training"]["selection"]["candidates"]
+    code, out, err = run(capfd, "predict", tmp_path / "f", neu_small / "scratches", "--json", "-q")
+    assert code == 0, err
+    assert sum(r["label"] == "scratches" for r in json.loads(out)) >= 8

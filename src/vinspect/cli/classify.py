@@ -118,12 +118,15 @@ DEFAULT_SELECT = "balanced_accuracy"  # = vinspect.selection.search.DEFAULT_SELE
 
 def _add_auto(p: argparse.ArgumentParser, train: bool = False) -> None:
     g = p.add_argument_group("automatic model selection (see the README: Automatic model selection)")
-    g.add_argument("--auto", action="store_true",
-                   help="choose layer(s), pooling, resolution, head, its hyper-parameters and class weights "
+    g.add_argument("--auto", nargs="?", const="features", choices=["features", "finetune"], default=None,
+                   metavar="finetune",
+                   help="choose layer(s), pooling, resolution (tiles for large images), head, its "
+                        "hyper-parameters and class weights "
                         + ("by a staged search on stratified folds of every image, then save the chosen "
                            "configuration as a normal bundle" if train else
                            "inside each outer split, on its training part only (nested), and report the outer "
-                           "scores"))
+                           "scores") + "; --auto finetune: fine-tuning the backbone is a candidate too, tried when "
+                                       "the budget allows (it needs far more than the default on a CPU)")
     g.add_argument("--budget", default="10m", metavar="TIME",
                    help="wall-clock time for the search (head fits; extraction comes on top, once per resolution, "
                         "cached), e.g. 90s, 10m, 1h" + ("" if train else ", shared by the outer splits")
@@ -267,7 +270,7 @@ def _evaluate_auto(args, out: Path) -> int:
     _check_auto(args)
     res = evaluate_auto(args.data, args.backbone, args.classes, args.splits, args.test_size, args.kfold, args.seed,
                         args.budget, args.select, args.cache, args.engine, args.batch_size, args.workers,
-                        args.weights, out, progress=not args.quiet)
+                        args.weights, out, progress=not args.quiet, mode=args.auto)
     report_skipped(res["skipped"])
     print(f"auto: accuracy {res['accuracy_mean']:.4f} +- {res['accuracy_std']:.4f}, balanced "
           f"{res['balanced_accuracy_mean']:.4f} +- {res['balanced_accuracy_std']:.4f} (majority baseline "
@@ -277,6 +280,12 @@ def _evaluate_auto(args, out: Path) -> int:
              else "") + f", {res['total_seconds']:.0f} s in all")
     for label, n in res["chosen_counts"].items():
         print(f"  chosen in {n} split{'s' if n > 1 else ''}: {label}")
+    fts = [d["finetune"] for d in res["outer"] if d.get("finetune")]
+    if fts:
+        tried = [f for f in fts if f["tried"]]
+        print(f"  fine-tuning: tried in {len(tried)} of {len(fts)} splits, chosen in "
+              f"{sum(bool(f.get('chosen')) for f in tried)}" + ("" if len(tried) == len(fts) else
+                                                               f" ({next(f for f in fts if not f['tried'])['reason']})"))
     print(f"results: {out / 'results.txt'}  {out / 'results.json'}")
     return 0
 
@@ -286,13 +295,20 @@ def _train_auto(args) -> int:
 
     _check_auto(args)
     b = train_auto(args.data, args.out, args.backbone, args.classes, args.seed, args.budget, args.select,
-                   args.cache, args.engine, args.batch_size, args.workers, args.weights, progress=not args.quiet)
+                   args.cache, args.engine, args.batch_size, args.workers, args.weights, progress=not args.quiet,
+                   mode=args.auto)
     report_skipped(b.training["skipped"])
     m, sel = b.metrics, b.metrics["selection"]
     print(f"model -> {args.out}: chose {sel['chosen']['label']} (inner {sel['select']} "
           f"{m['inner_cv_' + sel['select']]:.4f} over {sel['inner_folds']} folds, {sel['fits']} fits in "
           f"{sel['seconds']:.0f} s" + (", budget reached" if sel["budget_reached"] else "")
           + f"); classes {', '.join(b.classes)}, {b.training['n_images']} images")
+    ft = sel.get("finetune")
+    if ft:
+        key = sel["select"]
+        print(f"  fine-tuning: {ft['reason']}" + (
+            f"; inner {key} {ft['mean_' + key]:.4f} against {ft['features_mean_' + key]:.4f} for "
+            f"{ft['features_label']}: {'chosen' if ft['chosen'] else 'not chosen'}" if ft["tried"] else ""))
     return 0
 
 

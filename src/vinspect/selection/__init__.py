@@ -2,8 +2,9 @@
 
 :mod:`.space`: the documented search space (feature variants x heads); :mod:`.variants`: every variant's
 features from the HDF5 cache, one extraction pass per resolution; :mod:`.search`: a staged search on
-inner folds within a time budget; :mod:`.nested`: the nested protocol (the search inside each outer split,
-on its training part only); :mod:`.report`: results.txt.
+inner folds within a time budget; :mod:`.finetune`: fine-tuning as one more candidate after the search, when the
+budget allows (``--auto finetune``); :mod:`.nested`: the nested protocol (the search inside each outer split, on
+its training part only); :mod:`.report`: results.txt.
 """
 
 from .nested import nested_evaluate, outer_folds, outer_scores, parse_budget

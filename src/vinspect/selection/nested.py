@@ -15,7 +15,8 @@ import numpy as np
 from ..data.splits import check_class_sizes, repeated_splits
 from ..errors import BadInputError
 from ..evaluation.metrics import split_metrics, summarize
-from .search import DEFAULT_SELECT, INNER_FOLDS, SELECT, Clock, inner_repeats, planned_fits, search
+from .finetune import compare_finetune, plan_finetune
+from .search import DEFAULT_SELECT, INNER_FOLDS, SELECT, Clock, inner_folds, inner_repeats, planned_fits, search
 from .space import Candidate, FeatureVariant, HeadConfig
 
 MIN_SEARCH_SECONDS = 1.0
@@ -49,10 +50,12 @@ def nested_evaluate(features: dict[FeatureVariant, np.ndarray], y: np.ndarray, c
                     variants: list[FeatureVariant], heads: list[HeadConfig], splits: int = 10,
                     test_size: float = 0.3, seed: int = 0, kfold: int | None = None, folds=None,
                     budget_s: float = 600.0, select: str = DEFAULT_SELECT, n_jobs: int = 2, progress: bool = True,
-                    on_inner=None) -> dict:
+                    on_inner=None, finetune=None) -> dict:
     """The nested protocol.  ``folds``: explicit (train, test) index pairs instead of ``splits``/``kfold``.
     ``on_inner(split, train_rows)`` is told which rows each inner search receives (for audits and tests).
-    The budget is shared equally by the outer splits."""
+    The budget is shared equally by the outer splits.  ``finetune`` (``--auto finetune``, see
+    :mod:`.finetune`): a fine-tuner whose rows are the rows of ``features``, tried after each search when the
+    budget allows."""
     if select not in SELECT:
         raise BadInputError(f"--select {select!r}: use one of {', '.join(SELECT)}")
     y = np.asarray(y)
@@ -75,17 +78,37 @@ def nested_evaluate(features: dict[FeatureVariant, np.ndarray], y: np.ndarray, c
             if on_inner is not None:
                 on_inner(i, tr.copy())
             Xtr = {v: features[v][tr] for v in variants}  # the outer test rows never reach the search
-            clock = Clock(per_split_budget)
-            res = search(Xtr, y[tr], variants, heads, select, seed + 1000 * (i + 1), clock, n_jobs,
-                         on_fit=bar.update)
+            inner_seed = seed + 1000 * (i + 1)
+            plan = None
+            if finetune is not None:
+                fo = inner_folds(y[tr], inner_seed)  # the search's own inner folds (same seed)
+                plan = plan_finetune(finetune, per_split_budget, len(fo[0][0]), len(tr),
+                                     len(fo) // inner_repeats(len(tr)))
+            clock = Clock(plan.search_budget_seconds if plan else per_split_budget)
+            res = search(Xtr, y[tr], variants, heads, select, inner_seed, clock, n_jobs, on_fit=bar.update)
+            summary = res.summary(select)
+            ft = None
+            if plan is not None:
+                summary["finetune"] = plan.as_dict()
+                if plan.tried:
+                    rec = next(r for r in res.records if r["label"] == res.best.label)
+                    ft = compare_finetune(finetune, tr, y, fo, plan.folds, rec, select, on_fold=lambda f: (
+                        bar.set_postfix_str(f"split {i + 1}: fine-tuning, inner fold {f + 1}/{plan.folds}")))
+                    summary["finetune"].update(ft)
             t = time.perf_counter()
-            model = fit_candidate(res.best, features[res.best.variant][tr], y[tr], seed)
+            if ft and ft["chosen"]:
+                bar.set_postfix_str(f"split {i + 1}: fine-tuning on the training part")
+                pred = finetune.fit_predict(tr, te)
+                summary["chosen"] = {"label": finetune.label, "method": "finetune", "config": finetune.config}
+            else:
+                model = fit_candidate(res.best, features[res.best.variant][tr], y[tr], seed)
+                pred = model.predict(features[res.best.variant][te])
             fit_s = time.perf_counter() - t
-            m = split_metrics(y[te], model.predict(features[res.best.variant][te]), len(classes))
+            m = split_metrics(y[te], pred, len(classes))
             per.append(m)
             details.append({"split": i, "accuracy": m["accuracy"], "balanced_accuracy": m["balanced_accuracy"],
-                            "refit_seconds": fit_s, **res.summary(select)})
-            bar.set_postfix_str(f"split {i + 1}: {res.best.label}")
+                            "refit_seconds": fit_s, **summary})
+            bar.set_postfix_str(f"split {i + 1}: {summary['chosen']['label']}")
     finally:
         bar.close()
     out = summarize(per, classes)

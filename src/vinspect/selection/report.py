@@ -28,14 +28,20 @@ def auto_text(res: dict) -> str:
     for label, n in res["chosen_counts"].items():
         lines.append(f"  {n:>3} x  {label}")
     for d in res["outer"]:
+        key = "mean_" + sel
         lines += ["", f"outer split {d['split']}: chose {d['chosen']['label']}; outer accuracy {d['accuracy']:.4f}, "
                       f"balanced {d['balanced_accuracy']:.4f}; {d['fits']} inner fits in {d['seconds']:.1f} s"
                       + (" (budget reached" + (f"; then finished {d['finished_after_budget']} on every fold"
                                                if d.get("finished_after_budget") else "") + ")"
-                         if d["budget_reached"] else ""),
-                  f"  inner {sel} (mean over the folds scored), best {min(TOP_LINES, len(d['candidates']))} of "
-                  f"{len(d['candidates'])} candidates:"]
-        key = "mean_" + sel
+                         if d["budget_reached"] else "")]
+        ft = d.get("finetune")
+        if ft:
+            lines.append(f"  fine-tuning: {ft['reason']}" + (
+                f"; inner {sel} {ft[key]:.4f} against {ft['features_' + key]:.4f} for the search's choice "
+                f"({ft['features_label']}) on the same folds: {'chosen' if ft['chosen'] else 'not chosen'}"
+                if ft["tried"] else ""))
+        lines.append(f"  inner {sel} (mean over the folds scored), best {min(TOP_LINES, len(d['candidates']))} of "
+                     f"{len(d['candidates'])} candidates:")
         for r in sorted(d["candidates"], key=lambda r: (-r["n_folds"], -r[key]))[:TOP_LINES]:
             lines.append(f"    {r[key]:.4f} ({r['n_folds']} folds)  {r['label']}")
     if res["skipped"]:

@@ -1,0 +1,76 @@
+"""``--auto finetune``: fine-tuning the backbone as one more candidate of the selection, tried when the budget
+allows it.
+
+Fine-tuning costs a network's training per fit, where a head costs a fraction of a second on cached features,
+so it cannot take part in the staged search.  It comes after it, on the same inner folds of the same training
+part (never the outer test part):
+
+1. **plan**: the fine-tuner estimates one fit on an inner fold's training part and one on the whole training
+   part (the refit) from a timed training step on this machine; fine-tuning is tried only when both fit in
+   ``FINETUNE_SHARE`` (half) of the search's budget, and is then scored on as many inner folds (at most one
+   pass) as that half allows; the feature search gets the other half.  Otherwise it is not tried, the feature
+   search keeps the whole budget, and the report says why (the estimate and the time there was);
+2. **compare**: fine-tuned on each of those inner folds' training part, scored on its validation part, against
+   the feature search's choice on the same folds; fine-tuning is chosen only when its mean is higher.
+
+The fine-tuner is handed in by the caller (:class:`vinspect.pipeline.auto.Finetuner`: ``vinspect train --method
+finetune`` with that method's defaults): ``estimate(n_train) -> seconds``, ``fit_predict(train_rows,
+test_rows) -> predicted labels``, ``label`` and ``config``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+from sklearn.metrics import accuracy_score, balanced_accuracy_score
+
+FINETUNE_SHARE = 0.5
+
+
+@dataclass
+class FinetunePlan:
+    tried: bool
+    reason: str
+    inner_fit_seconds: float  # estimates
+    refit_seconds: float
+    folds: int  # inner folds it is scored on
+    search_budget_seconds: float  # what the feature search gets
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def plan_finetune(ft, budget_s: float, n_inner_train: int, n_train: int, per_pass: int) -> FinetunePlan:
+    """Whether fine-tuning fits in the budget of one search, on how many inner folds, and what is left."""
+    share = FINETUNE_SHARE * budget_s
+    inner, refit = float(ft.estimate(n_inner_train)), float(ft.estimate(n_train))
+    if inner + refit > share:
+        return FinetunePlan(False, f"not tried: one inner fit and the refit need about {inner + refit:.0f} s here "
+                                   f"(estimated), more than half of the {budget_s:.0f} s budget (--budget)",
+                            inner, refit, 0, budget_s)
+    m = int(max(1, min(per_pass, (share - refit) // max(inner, 1e-9))))
+    return FinetunePlan(True, f"tried on {m} inner fold{'s' if m > 1 else ''}", inner, refit, m, budget_s - share)
+
+
+def compare_finetune(ft, rows: np.ndarray, y: np.ndarray, folds, n_folds: int, chosen_record: dict, select: str,
+                     on_fold=None) -> dict:
+    """Fine-tune on the first ``n_folds`` inner folds (``folds`` index into ``rows``, which index ``y`` and the
+    fine-tuner's images) and compare with the feature search's choice (its record) on the same folds."""
+    import time
+
+    t0 = time.perf_counter()
+    scores = []
+    for f in range(n_folds):
+        if on_fold:
+            on_fold(f)
+        tr, va = folds[f]
+        pred = ft.fit_predict(rows[tr], rows[va])
+        truth = y[rows[va]]
+        scores.append({"accuracy": float(accuracy_score(truth, pred)),
+                       "balanced_accuracy": float(balanced_accuracy_score(truth, pred))})
+    mine = float(np.mean([s[select] for s in scores]))
+    theirs = float(np.mean([chosen_record["folds"][str(f)][select] for f in range(n_folds)]))
+    return {"label": ft.label, "config": ft.config, "folds": {str(f): s for f, s in enumerate(scores)},
+            "mean_" + select: mine, "features_mean_" + select: theirs, "features_label": chosen_record["label"],
+            "chosen": mine > theirs, "seconds": time.perf_counter() - t0}
