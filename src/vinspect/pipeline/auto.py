@@ -63,7 +63,7 @@ class Finetuner:
             net.stage("finetune")
             bs = min(self.cfg.batch_size, len(self.images))
             x = torch.from_numpy(np.ascontiguousarray(self.images[:bs])).permute(0, 3, 1, 2).float()
-            y = torch.from_numpy(self.labels[:bs] % self.n_classes)
+            y = torch.zeros(bs, dtype=torch.long)  # a timing only: no label is used, the network is thrown away
             opt = torch.optim.AdamW([p for p in net.parameters() if p.requires_grad], 1e-5)
             steps = []
             for _ in range(3):  # the first is a warm-up
@@ -198,7 +198,8 @@ def train_auto(data, out, backbone: str = DEFAULT_BACKBONE, classes=None, seed: 
     if mode == "finetune":
         ft = Finetuner(ds.root, loaded["relpaths"], y, len(ds.classes), backbone, seed, progress)
         fo = inner_folds(y, seed)  # the search's own folds (same seed)
-        plan = plan_finetune(ft, budget_s, len(fo[0][0]), len(y), len(fo) // inner_repeats(len(y)))
+        small = inner_repeats(len(y)) > 1  # the search's one-SE regime
+        plan = plan_finetune(ft, budget_s, len(fo[0][0]), len(y), len(fo) // inner_repeats(len(y)), small)
     with tqdm(total=planned_fits(len(loaded["variants"]), len(loaded["heads"]), k), desc="auto search", unit="fit",
               disable=not progress) as bar:
         res = search(X, y, loaded["variants"], loaded["heads"], select, seed,
@@ -210,7 +211,8 @@ def train_auto(data, out, backbone: str = DEFAULT_BACKBONE, classes=None, seed: 
                 rec = next(r for r in res.records if r["label"] == res.best.label)
                 summary["finetune"].update(compare_finetune(
                     ft, np.arange(len(y)), y, fo, plan.folds, rec, select,
-                    on_fold=lambda f: bar.set_postfix_str(f"fine-tuning, inner fold {f + 1}/{plan.folds}")))
+                    on_fold=lambda f: bar.set_postfix_str(f"fine-tuning, inner fold {f + 1}/{plan.folds}"),
+                    small=small))
     if plan is not None and summary["finetune"].get("chosen"):
         return _train_finetuned(ds, classes, out, ft, summary, loaded, budget_s, select, progress)
     best = res.best

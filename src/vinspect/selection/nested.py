@@ -82,8 +82,9 @@ def nested_evaluate(features: dict[FeatureVariant, np.ndarray], y: np.ndarray, c
             plan = None
             if finetune is not None:
                 fo = inner_folds(y[tr], inner_seed)  # the search's own inner folds (same seed)
+                small = inner_repeats(len(tr)) > 1  # the search's one-SE regime
                 plan = plan_finetune(finetune, per_split_budget, len(fo[0][0]), len(tr),
-                                     len(fo) // inner_repeats(len(tr)))
+                                     len(fo) // inner_repeats(len(tr)), small)
             clock = Clock(plan.search_budget_seconds if plan else per_split_budget)
             res = search(Xtr, y[tr], variants, heads, select, inner_seed, clock, n_jobs, on_fit=bar.update)
             summary = res.summary(select)
@@ -93,7 +94,8 @@ def nested_evaluate(features: dict[FeatureVariant, np.ndarray], y: np.ndarray, c
                 if plan.tried:
                     rec = next(r for r in res.records if r["label"] == res.best.label)
                     ft = compare_finetune(finetune, tr, y, fo, plan.folds, rec, select, on_fold=lambda f: (
-                        bar.set_postfix_str(f"split {i + 1}: fine-tuning, inner fold {f + 1}/{plan.folds}")))
+                        bar.set_postfix_str(f"split {i + 1}: fine-tuning, inner fold {f + 1}/{plan.folds}")),
+                        small=small)
                     summary["finetune"].update(ft)
             t = time.perf_counter()
             if ft and ft["chosen"]:
