@@ -370,6 +370,19 @@ def test_tiled_bundle_predicts_and_exports(strips_small, tmp_path):
     canvas = np.stack([pred.decode(p) for p in ds.paths[:3]])
     _, proba = sess.run(None, {"images": canvas})
     assert np.allclose(proba, head.predict_proba(ex.features(canvas)), atol=1e-4)
+    # the inspection service takes the same bundle: one strip posted, the head's own probabilities back
+    import httpx
+    from serving_support import LiveServer
+    from vinspect.serving.app import Service, create_app
+
+    svc = Service(tmp_path / "m", db=f"sqlite:///{tmp_path / 'log.sqlite3'}", engine="torch")
+    path = ds.paths[0]
+    with LiveServer(create_app(svc)) as srv, httpx.Client(base_url=srv.url, timeout=60) as c:
+        r = c.post("/v1/inspect", content=path.read_bytes(), headers={"Content-Type": "image/jpeg"})
+        assert r.status_code == 200, r.text
+        p = r.json()["probabilities"]
+    i = fs.relpaths.index(path.relative_to(strips_small).as_posix())
+    assert np.allclose([p[c] for c in ds.classes], want[i], atol=1e-4)
 
 
 def test_auto_finetune_not_tried_when_the_budget_is_short(capfd, neu_small, tmp_path):
