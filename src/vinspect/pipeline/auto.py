@@ -16,12 +16,15 @@ from ..errors import BadInputError
 from ..models.bundle import versions
 from ..selection import nested as _nested
 from ..selection.report import auto_text
-from ..selection.search import DEFAULT_SELECT, Clock, search
+from ..selection.search import DEFAULT_SELECT
 from ..selection.space import describe_space, feature_variants, head_grid, image_sizes, resolutions, stage_layers
 from ..selection.variants import load_variants
 
 DEFAULT_BUDGET = "10m"
 AUTO_MODES = ("features", "finetune")  # --auto (features: the head search), --auto finetune
+# what a bundle's metrics.selection keeps of the search summary (training.selection keeps all of it)
+SELECTION_KEYS = ("chosen", "select", "inner_folds", "fits", "seconds", "budget_reached", "excluded_heads",
+                  "finetune")
 
 
 class Finetuner:
@@ -190,30 +193,18 @@ def train_auto(data, out, backbone: str = DEFAULT_BACKBONE, classes=None, seed: 
     X, y = loaded["features"], loaded["labels"]
     from tqdm.auto import tqdm
 
-    from ..selection.finetune import compare_finetune, plan_finetune
-    from ..selection.search import INNER_FOLDS, inner_folds, inner_repeats, planned_fits
+    from ..selection.finetune import search_and_finetune
+    from ..selection.search import INNER_FOLDS, inner_repeats, planned_fits
 
     k = INNER_FOLDS * inner_repeats(len(y))  # the inner folds (repeated passes on small data)
-    plan = ft = None
-    if mode == "finetune":
-        ft = Finetuner(ds.root, loaded["relpaths"], y, len(ds.classes), backbone, seed, progress)
-        fo = inner_folds(y, seed)  # the search's own folds (same seed)
-        small = inner_repeats(len(y)) > 1  # the search's one-SE regime
-        plan = plan_finetune(ft, budget_s, len(fo[0][0]), len(y), len(fo) // inner_repeats(len(y)), small)
+    ft = (Finetuner(ds.root, loaded["relpaths"], y, len(ds.classes), backbone, seed, progress)
+          if mode == "finetune" else None)
     with tqdm(total=planned_fits(len(loaded["variants"]), len(loaded["heads"]), k), desc="auto search", unit="fit",
               disable=not progress) as bar:
-        res = search(X, y, loaded["variants"], loaded["heads"], select, seed,
-                     Clock(plan.search_budget_seconds if plan else budget_s), n_jobs, on_fit=bar.update)
-        summary = res.summary(select)
-        if plan is not None:
-            summary["finetune"] = plan.as_dict()
-            if plan.tried:
-                rec = next(r for r in res.records if r["label"] == res.best.label)
-                summary["finetune"].update(compare_finetune(
-                    ft, np.arange(len(y)), y, fo, plan.folds, rec, select,
-                    on_fold=lambda f: bar.set_postfix_str(f"fine-tuning, inner fold {f + 1}/{plan.folds}"),
-                    small=small))
-    if plan is not None and summary["finetune"].get("chosen"):
+        res, summary = search_and_finetune(X, y, np.arange(len(y)), loaded["variants"], loaded["heads"], select,
+                                           seed, budget_s, n_jobs, ft, on_fit=bar.update,
+                                           on_status=bar.set_postfix_str)
+    if summary.get("finetune", {}).get("chosen"):
         return _train_finetuned(ds, classes, out, ft, summary, loaded, budget_s, select, progress)
     best = res.best
     v = best.variant
@@ -226,9 +217,7 @@ def train_auto(data, out, backbone: str = DEFAULT_BACKBONE, classes=None, seed: 
                "inner_cv_accuracy": rec["mean_accuracy"], "inner_cv_balanced_accuracy": rec["mean_balanced_accuracy"],
                "inner_cv_note": "the search's own estimate of the chosen candidate (the best of many: optimistic); "
                                 "vinspect evaluate --auto gives the honest nested figure",
-               "selection": {k: summary[k] for k in ("chosen", "select", "inner_folds", "fits", "seconds",
-                                                     "budget_reached", "excluded_heads", "finetune")
-                             if k in summary}}
+               "selection": {k: summary[k] for k in SELECTION_KEYS if k in summary}}
     training = {"classes": list(ds.classes), "root": str(ds.root), "n_images": len(y),
                 "class_counts": {c: int((y == i).sum()) for i, c in enumerate(ds.classes)},
                 "skipped": [s.as_dict() for s in loaded["skipped"]],
@@ -249,8 +238,7 @@ def _train_finetuned(ds, classes, out, ft: Finetuner, summary: dict, loaded: dic
              "inner_cv_note": f"fine-tuning's mean on {len(f['folds'])} inner folds, against "
                               f"{f['features_mean_' + select]:.4f} for the feature search's choice "
                               f"({f['features_label']}) on the same folds",
-             "selection": {k: summary[k] for k in ("chosen", "select", "inner_folds", "fits", "seconds",
-                                                  "budget_reached", "excluded_heads", "finetune")}}
+             "selection": {k: summary[k] for k in SELECTION_KEYS}}
     b = train_cnn(ds.root, out, ft.cfg, classes=classes, progress=progress, extra_metrics=extra)
     b.training["selection"] = {**summary, "search_space": loaded["space"], "budget_seconds": budget_s}
     from ..models.bundle import save_bundle

@@ -89,3 +89,31 @@ def compare_finetune(ft, rows: np.ndarray, y: np.ndarray, folds, n_folds: int, c
             "mean_" + select: mine, "features_mean_" + select: theirs, "features_label": chosen_record["label"],
             "rule": "higher by more than one SE of the per-fold differences" if small else "higher mean",
             "difference_se": se, "chosen": chosen, "seconds": time.perf_counter() - t0}
+
+
+def search_and_finetune(X: dict, y: np.ndarray, rows: np.ndarray, variants, heads, select: str, seed: int,
+                        budget_s: float, n_jobs: int = 2, finetune=None, on_fit=None, on_status=None):
+    """One selection on rows ``rows`` of the data (``X``: their features per variant; ``y``: the labels of every
+    row): the staged search, then, with a fine-tuner, the plan and the comparison on the search's own inner
+    folds.  Returns ``(SearchResult, summary)``; with a fine-tuner ``summary["finetune"]`` records the plan and
+    the comparison, ``["chosen"]`` true when fine-tuning won.  ``on_status(text)``: progress of the fine-tuning."""
+    from .search import Clock, inner_folds, inner_repeats, search
+
+    y_rows = y[rows]
+    plan = None
+    if finetune is not None:
+        folds = inner_folds(y_rows, seed)  # the search's own inner folds (same seed)
+        repeats = inner_repeats(len(rows))
+        small = repeats > 1  # the search's one-SE regime
+        plan = plan_finetune(finetune, budget_s, len(folds[0][0]), len(rows), len(folds) // repeats, small)
+    res = search(X, y_rows, variants, heads, select, seed, Clock(plan.search_budget_seconds if plan else budget_s),
+                 n_jobs, on_fit=on_fit)
+    summary = res.summary(select)
+    if plan is not None:
+        summary["finetune"] = plan.as_dict()
+        if plan.tried:
+            rec = next(r for r in res.records if r["label"] == res.best.label)
+            summary["finetune"].update(compare_finetune(
+                finetune, rows, y, folds, plan.folds, rec, select, small=small,
+                on_fold=on_status and (lambda f: on_status(f"fine-tuning, inner fold {f + 1}/{plan.folds}"))))
+    return res, summary

@@ -15,8 +15,8 @@ import numpy as np
 from ..data.splits import check_class_sizes, repeated_splits
 from ..errors import BadInputError
 from ..evaluation.metrics import split_metrics, summarize
-from .finetune import compare_finetune, plan_finetune
-from .search import DEFAULT_SELECT, INNER_FOLDS, SELECT, Clock, inner_folds, inner_repeats, planned_fits, search
+from .finetune import search_and_finetune
+from .search import DEFAULT_SELECT, INNER_FOLDS, SELECT, inner_repeats, planned_fits
 from .space import Candidate, FeatureVariant, HeadConfig
 
 MIN_SEARCH_SECONDS = 1.0
@@ -78,27 +78,11 @@ def nested_evaluate(features: dict[FeatureVariant, np.ndarray], y: np.ndarray, c
             if on_inner is not None:
                 on_inner(i, tr.copy())
             Xtr = {v: features[v][tr] for v in variants}  # the outer test rows never reach the search
-            inner_seed = seed + 1000 * (i + 1)
-            plan = None
-            if finetune is not None:
-                fo = inner_folds(y[tr], inner_seed)  # the search's own inner folds (same seed)
-                small = inner_repeats(len(tr)) > 1  # the search's one-SE regime
-                plan = plan_finetune(finetune, per_split_budget, len(fo[0][0]), len(tr),
-                                     len(fo) // inner_repeats(len(tr)), small)
-            clock = Clock(plan.search_budget_seconds if plan else per_split_budget)
-            res = search(Xtr, y[tr], variants, heads, select, inner_seed, clock, n_jobs, on_fit=bar.update)
-            summary = res.summary(select)
-            ft = None
-            if plan is not None:
-                summary["finetune"] = plan.as_dict()
-                if plan.tried:
-                    rec = next(r for r in res.records if r["label"] == res.best.label)
-                    ft = compare_finetune(finetune, tr, y, fo, plan.folds, rec, select, on_fold=lambda f: (
-                        bar.set_postfix_str(f"split {i + 1}: fine-tuning, inner fold {f + 1}/{plan.folds}")),
-                        small=small)
-                    summary["finetune"].update(ft)
+            res, summary = search_and_finetune(
+                Xtr, y, tr, variants, heads, select, seed + 1000 * (i + 1), per_split_budget, n_jobs, finetune,
+                on_fit=bar.update, on_status=lambda s: bar.set_postfix_str(f"split {i + 1}: {s}"))
             t = time.perf_counter()
-            if ft and ft["chosen"]:
+            if summary.get("finetune", {}).get("chosen"):
                 bar.set_postfix_str(f"split {i + 1}: fine-tuning on the training part")
                 pred = finetune.fit_predict(tr, te)
                 summary["chosen"] = {"label": finetune.label, "method": "finetune", "config": finetune.config}

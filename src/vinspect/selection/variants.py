@@ -75,7 +75,7 @@ def _multi_engine(base: Extractor, stages: list[str], cache_dir: Path):
     import torch
 
     from ..backbones.pooling import pool
-    from ..features.torch_engine import FeatureNet, TiledNet
+    from ..features.torch_engine import CPU_CHUNK, FeatureNet, TiledNet
 
     key = {"multi": stages, "pools": list(BASE_POOLS), **base._fp32_meta()}  # noqa: SLF001
     if base.tiles:
@@ -110,7 +110,7 @@ def _multi_engine(base: Extractor, stages: list[str], cache_dir: Path):
 
         return OnnxEngine(cache_dir / "onnx" / f"{stem}.onnx", net, base.input_hw)
     m = net().to(memory_format=torch.channels_last)
-    step = max(1, 8 // (base.tiles[0] * base.tiles[1] if base.tiles else 1))
+    step = max(1, CPU_CHUNK // (base.tiles[0] * base.tiles[1] if base.tiles else 1))  # as TorchEngine
 
     def run(batch):
         with torch.inference_mode():
